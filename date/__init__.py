@@ -1,0 +1,1 @@
+"""DATE: Dual Assignment for End-to-End Fully Convolutional Object Detection."""

@@ -1,0 +1,90 @@
+"""One-to-many assignment for the auxiliary branch: FCOS's rule, or a prediction-aware top-k.
+
+Legend: B = images, N = locations over all FPN levels, M = ground truths (padded), C = classes.
+Both return matched_gt (LongTensor[B, N]): the gt index each location is positive for, -1 = negative.
+"""
+import torch
+from torch import Tensor
+
+from date.box_ops import batched_pairwise_iou, point_to_box_distances
+
+
+@torch.no_grad()
+def fcos_assign(
+    points: Tensor,
+    strides: Tensor,
+    level_ranges: Tensor,
+    gt_boxes: Tensor,
+    gt_valid: Tensor,
+    *,
+    center_sampling_radius: float | None = None,
+) -> Tensor:
+    """FCOS: positive when inside the gt box (or its centre region) and max(l, t, r, b) falls in the
+    location's level range; a location inside several gts takes the smallest-area one.
+
+    Args:
+        points (Tensor[N, 2]), strides (Tensor[N]), level_ranges (Tensor[N, 2]): (low, high] of max(ltrb).
+        gt_boxes (Tensor[B, M, 4]), gt_valid (Tensor[B, M] bool): False marks padding.
+        center_sampling_radius: in strides; None = whole box (DATE's setting).
+    Returns:
+        LongTensor[B, N]
+    """
+    B, M = gt_valid.shape
+    if M == 0:
+        return torch.full((B, points.shape[0]), -1, dtype=torch.long, device=points.device)
+    ltrb = point_to_box_distances(points, gt_boxes)  # [B, N, M, 4]
+    if center_sampling_radius is None:
+        inside = ltrb.amin(dim=-1) > 0
+    else:
+        centers = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # [B, M, 2]
+        radius = center_sampling_radius * strides[None, :, None, None]
+        lo = torch.maximum(centers[:, None] - radius, gt_boxes[:, None, :, :2])  # [B, N, M, 2]
+        hi = torch.minimum(centers[:, None] + radius, gt_boxes[:, None, :, 2:])
+        p = points[None, :, None, :]
+        inside = ((p > lo) & (p < hi)).all(dim=-1)
+    max_dist = ltrb.amax(dim=-1)  # [B, N, M]
+    in_range = (max_dist >= level_ranges[None, :, None, 0]) & (max_dist <= level_ranges[None, :, None, 1])
+    area = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])  # [B, M]
+    candidate_area = area[:, None, :].expand_as(max_dist).masked_fill(~(inside & in_range & gt_valid[:, None, :]), float("inf"))
+    min_area, matched = candidate_area.min(dim=2)  # ties: the first (smallest index) gt
+    return matched.masked_fill(min_area == float("inf"), -1)
+
+
+@torch.no_grad()
+def topk_assign(
+    cls_logits: Tensor,
+    pred_boxes: Tensor,
+    points: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_valid: Tensor,
+    *,
+    k: int = 10,
+    alpha: float = 0.5,
+    beta: float = 6.0,
+) -> Tensor:
+    """YOLOv10's consistent prediction-aware one-to-many rule: metric p(c_g)^alpha * IoU^beta for
+    locations inside the gt box; each gt takes its top-k; a location claimed by several gts keeps the
+    one it overlaps most.
+
+    Args:
+        cls_logits (Tensor[B, N, C]), pred_boxes (Tensor[B, N, 4]): the one-to-many branch's predictions.
+        points (Tensor[N, 2]); gt_boxes (Tensor[B, M, 4]); gt_labels (Tensor[B, M]); gt_valid (Tensor[B, M]).
+    Returns:
+        LongTensor[B, N]
+    """
+    B, N, _ = cls_logits.shape
+    M = gt_boxes.shape[1]
+    if M == 0:
+        return torch.full((B, N), -1, dtype=torch.long, device=points.device)
+    inside = (point_to_box_distances(points, gt_boxes).amin(dim=-1) > 0) & gt_valid[:, None, :]  # [B, N, M]
+    prob = cls_logits.float().sigmoid().gather(2, gt_labels[:, None, :].expand(B, N, M))
+    iou = batched_pairwise_iou(pred_boxes.float(), gt_boxes.float())  # [B, N, M]
+    metric = prob.pow(alpha) * iou.pow(beta) * inside
+    top = metric.topk(min(k, N), dim=1)  # [B, k, M]
+    chosen = torch.zeros_like(inside)
+    chosen.scatter_(1, top.indices, top.values > 0)  # keep only locations inside the box
+    chosen &= inside
+    overlap = iou.masked_fill(~chosen, -1.0)
+    best_overlap, matched = overlap.max(dim=2)  # [B, N]
+    return matched.masked_fill(best_overlap < 0, -1)

@@ -1,0 +1,224 @@
+"""Speed of the DATE detector against its peer, torchvision's FCOS, on the same device in one run.
+
+    python -m date.bench --device cpu --size 256 --batch 4
+    python -m date.bench --device cuda --size 800x1216 --batch 16 --amp --json bench.json
+
+Measures (a) training-step img/s of DATE (dual, R50-FPN) and of torchvision's ``fcos_resnet50_fpn``
+on the same images, batch and dtype; (b) batch-1 and batch-8 inference latency (DATE: o2o branch, no
+NMS; torchvision FCOS: with its NMS); (c) the share of DATE's training step spent in label assignment.
+Both models are randomly initialised; torchvision's internal resize is set to the input size so that
+both see the same pixels.
+"""
+import argparse
+import json
+import statistics
+import time
+from contextlib import contextmanager, nullcontext
+from types import SimpleNamespace
+
+import torch
+from torchvision.models.detection import fcos_resnet50_fpn
+
+import date.modeling.detector as detector_module
+from date.modeling import build_detector
+
+NUM_CLASSES = 80
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w or h)
+
+
+def make_batch(batch: int, size: tuple[int, int], device: torch.device, seed: int = 0):
+    """Random images in [0, 1] and 1-13 random boxes per image."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    images = torch.rand(batch, 3, h, w, generator=g)
+    targets = []
+    for _ in range(batch):
+        n = int(torch.randint(1, 14, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.8, h * 0.8])
+        wh = (torch.rand(n, 2, generator=g) * 0.5 + 0.05) * torch.tensor([w, h])
+        boxes = torch.cat([xy, (xy + wh).minimum(torch.tensor([w - 1.0, h - 1.0]))], dim=1)
+        targets.append({"boxes": boxes.to(device), "labels": torch.randint(0, NUM_CLASSES, (n,), generator=g).to(device),
+                        "image_size": (h, w)})
+    return images.to(device), targets
+
+
+def build_date(device: torch.device) -> torch.nn.Module:
+    return build_detector(
+        backbone=SimpleNamespace(depth=50, weights="none", fpn_channels=256),
+        assigner=SimpleNamespace(mode="dual", o2m="fcos", poto_alpha=0.8, poto_center_radius=1.5,
+                                 fcos_center_sampling=None, topk=10, topk_alpha=0.5, topk_beta=6.0),
+        model=SimpleNamespace(num_convs=4, use_3dmf=False, prior_prob=0.01, size_of_interest=[64, 128, 256, 512],
+                              score_thresh=0.01, topk_candidates=100, detections_per_img=100, nms_thresh=0.6),
+        num_classes=NUM_CLASSES,
+    ).to(device)
+
+
+def build_tv_fcos(device: torch.device, size: tuple[int, int]) -> torch.nn.Module:
+    return fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1,
+                             min_size=min(size), max_size=max(size)).to(device)
+
+
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, warmup: int, iters: int) -> list[float]:
+    """Seconds per call of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def train_step_fn(model, images, targets, autocast, is_date: bool):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    model.train()
+    mean = torch.tensor([0.485, 0.456, 0.406], device=images.device)[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225], device=images.device)[:, None, None]
+    normalised = (images - mean) / std  # DATE takes normalised tensors; torchvision FCOS normalises itself
+    tv_targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]
+
+    def step():
+        with autocast():
+            losses = model(normalised, targets) if is_date else model(list(images), tv_targets)
+            loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def infer_fn(model, images, autocast, is_date: bool):
+    model.eval()
+    h, w = images.shape[-2:]
+    mean = torch.tensor([0.485, 0.456, 0.406], device=images.device)[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225], device=images.device)[:, None, None]
+    normalised = (images - mean) / std
+
+    @torch.no_grad()
+    def run():
+        with autocast():
+            if is_date:
+                model.predict(normalised, [(h, w)] * len(images))
+            else:
+                model(list(images))
+
+    return run
+
+
+@contextmanager
+def assignment_timer(device: torch.device, totals: list[float]):
+    """Time the detector's assignment calls (synchronising around them) for the share measurement."""
+    names = ["poto_quality", "match_one_to_one_batched", "fcos_assign", "topk_assign"]
+    originals = {name: getattr(detector_module, name) for name in names}
+
+    def wrap(fn):
+        def timed_fn(*args, **kwargs):
+            sync(device)
+            start = time.perf_counter()
+            result = fn(*args, **kwargs)
+            sync(device)
+            totals.append(time.perf_counter() - start)
+            return result
+        return timed_fn
+
+    for name, fn in originals.items():
+        setattr(detector_module, name, wrap(fn))
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(detector_module, name, fn)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", default=None, help="HxW or S (default 800x1216 on GPU, 256 on CPU)")
+    parser.add_argument("--batch", type=int, default=None, help="training batch (default 16 on GPU, 2 on CPU)")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for both models")
+    parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 20 on GPU, 3 on CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed iterations (default 5 on GPU, 1 on CPU)")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    size = parse_size(args.size or ("800x1216" if gpu else "256"))
+    batch = args.batch or (16 if gpu else 2)
+    iters = args.iters or (20 if gpu else 3)
+    warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else nullcontext()
+
+    torch.manual_seed(0)
+    models = {"date": build_date(device), "tv_fcos": build_tv_fcos(device, size)}
+    if args.channels_last:
+        models = {k: m.to(memory_format=torch.channels_last) for k, m in models.items()}
+    images, targets = make_batch(batch, size, device)
+    results = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if gpu else "cpu",
+               "size": list(size), "batch": batch, "amp_bf16": args.amp, "torch": torch.__version__}
+
+    for name, model in models.items():
+        step = train_step_fn(model, images, targets, autocast, is_date=name == "date")
+        times = timed(step, device, warmup, iters)
+        results[f"{name}_train_img_per_s"] = batch / statistics.median(times)
+        if name == "date":
+            totals: list[float] = []
+            with assignment_timer(device, totals):
+                instrumented = timed(step, device, 0, max(1, iters // 2))
+            results["assign_ms_per_step"] = 1e3 * sum(totals) / len(instrumented)
+            results["assign_share"] = sum(totals) / sum(instrumented)
+        for b in (1, 8):
+            latency = timed(infer_fn(model, images[:b] if b <= batch else images[:1].expand(b, -1, -1, -1).contiguous(),
+                                     autocast, is_date=name == "date"), device, warmup, iters)
+            results[f"{name}_infer_ms_b{b}"] = 1e3 * statistics.median(latency)
+        del model
+        if gpu:
+            torch.cuda.empty_cache()
+
+    results["train_speedup"] = results["date_train_img_per_s"] / results["tv_fcos_train_img_per_s"]
+    results["infer_latency_ratio_b1"] = results["date_infer_ms_b1"] / results["tv_fcos_infer_ms_b1"]
+    results["infer_latency_ratio_b8"] = results["date_infer_ms_b8"] / results["tv_fcos_infer_ms_b8"]
+    print_table(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def print_table(r: dict):
+    h, w = r["size"]
+    print(f"\nDATE (dual, R50-FPN) vs torchvision fcos_resnet50_fpn on {r['device_name']}, "
+          f"{h}x{w}, batch {r['batch']}, {'bf16' if r['amp_bf16'] else 'fp32'}")
+    rows = [
+        ("train img/s", r["date_train_img_per_s"], r["tv_fcos_train_img_per_s"], r["train_speedup"], "x faster"),
+        ("infer ms, batch 1", r["date_infer_ms_b1"], r["tv_fcos_infer_ms_b1"], r["infer_latency_ratio_b1"], "x latency"),
+        ("infer ms, batch 8", r["date_infer_ms_b8"], r["tv_fcos_infer_ms_b8"], r["infer_latency_ratio_b8"], "x latency"),
+    ]
+    print(f"{'metric':<20}{'DATE':>12}{'tv FCOS':>12}{'ratio':>10}")
+    for name, ours, peer, ratio, unit in rows:
+        print(f"{name:<20}{ours:>12.2f}{peer:>12.2f}{ratio:>10.2f} {unit}")
+    print(f"assignment: {r['assign_ms_per_step']:.1f} ms per step = {100 * r['assign_share']:.1f}% of DATE's training step")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The DATE head: cls and reg towers and per-level scales shared by both branches, plus the
+per-branch predictors (the only unshared layers) and the optional 3D max-filter (DATE-F-3DMF).
+
+Legend: B = images, L = FPN levels, N = locations over all levels (sum of H_l * W_l), C = classes,
+D = channels.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+BRANCHES = ("o2o", "o2m")
+
+
+class Scale(nn.Module):
+    """A learnable scalar multiplier (one per FPN level)."""
+
+    def __init__(self, init: float = 1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+def _tower(channels: int, num_convs: int) -> nn.Sequential:
+    layers = []
+    for _ in range(num_convs):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(32, channels), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class MaxFiltering3D(nn.Module):
+    """DeFCN's 3D max filtering: a max over a (scale x 3 x 3) neighbourhood across adjacent FPN levels,
+    which suppresses duplicate activations of the same object in neighbouring locations and levels."""
+
+    def __init__(self, *, channels: int, kernel_size: int = 3, tau: int = 2):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm = nn.GroupNorm(32, channels)
+        self.margin = tau // 2
+        self.max_pool = nn.MaxPool3d((tau + 1, kernel_size, kernel_size), stride=1,
+                                     padding=(self.margin, kernel_size // 2, kernel_size // 2))
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        convs = [self.conv(x) for x in features]
+        outputs = []
+        for level, x in enumerate(convs):
+            neighbours = range(max(0, level - self.margin), min(len(convs), level + self.margin + 1))
+            stack = [x if k == level else F.interpolate(convs[k], size=x.shape[-2:], mode="bilinear", align_corners=False)
+                     for k in neighbours]
+            pooled = self.max_pool(torch.stack(stack, dim=2))[:, :, min(level, self.margin)]  # [B, D, H, W]
+            outputs.append(F.relu(self.norm(pooled + features[level])))
+        return outputs
+
+
+def _flatten(maps: list[Tensor]) -> Tensor:
+    """[B, K, H_l, W_l] per level -> [B, N, K], level-major then row-major (matching the locations)."""
+    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], dim=1)
+
+
+class DATEHead(nn.Module):
+    """Shared towers + per-branch predictors.
+
+    Args:
+        channels: input (FPN) and tower width D.
+        num_classes: C.
+        strides: the stride of each FPN level (one Scale per level).
+        branches: which predictors exist: ("o2o",), ("o2m",) or both.
+        num_convs: convs per tower (GN(32) + ReLU after each).
+        use_3dmf: multiply the o2o score by a 3D-max-filter on the reg tower (DATE-F-3DMF).
+        prior_prob: initial foreground probability of the classifiers.
+    """
+
+    def __init__(self, *, channels: int, num_classes: int, strides: tuple[int, ...], branches: tuple[str, ...],
+                 num_convs: int = 4, use_3dmf: bool = False, prior_prob: float = 0.01):
+        super().__init__()
+        if not branches or not set(branches) <= set(BRANCHES):
+            raise ValueError(f"branches={branches!r}: expected a non-empty subset of {BRANCHES}")
+        self.strides = tuple(strides)
+        self.branches = tuple(branches)
+        self.cls_tower = _tower(channels, num_convs)
+        self.reg_tower = _tower(channels, num_convs)
+        self.scales = nn.ModuleList(Scale(1.0) for _ in strides)
+
+        def conv(out_channels):
+            return nn.Conv2d(channels, out_channels, 3, padding=1)
+
+        self.predictors = nn.ModuleDict()
+        if "o2o" in branches:
+            self.predictors["o2o"] = nn.ModuleDict({"cls": conv(num_classes), "box": conv(4)})
+        if "o2m" in branches:
+            self.predictors["o2m"] = nn.ModuleDict({"cls": conv(num_classes), "box": conv(4), "ctr": conv(1)})
+        self.max_filter = MaxFiltering3D(channels=channels) if use_3dmf else None
+        self.filter_predictor = conv(1) if use_3dmf else None
+        if use_3dmf and "o2o" not in branches:
+            raise ValueError("use_3dmf filters the one-to-one branch; it needs assigner.mode o2o or dual")
+
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, std=0.01)
+                nn.init.zeros_(module.bias)
+        bias = -math.log((1 - prior_prob) / prior_prob)
+        for branch in self.predictors.values():
+            nn.init.constant_(branch["cls"].bias, bias)
+
+    def forward(self, features: list[Tensor], branches: tuple[str, ...]) -> dict[str, dict[str, Tensor]]:
+        """Run the towers and the predictors of ``branches`` only.
+
+        Args:
+            features: L maps [B, D, H_l, W_l].
+        Returns:
+            {branch: outputs} with, flattened over levels,
+            o2o: "cls" [B, N, C] logits, "ltrb" [B, N, 4] distances in pixels = relu(scale * x) * stride,
+                 and with 3DMF "filter" [B, N] logits;
+            o2m: "cls" [B, N, C], "ltrb" [B, N, 4] = exp(scale * x) pixels, "ctr" [B, N] logits.
+        """
+        cls_feats = [self.cls_tower(x) for x in features]
+        reg_feats = [self.reg_tower(x) for x in features]
+        out = {}
+        for name in branches:
+            pred = self.predictors[name]
+            raw = [scale(pred["box"](x)) for scale, x in zip(self.scales, reg_feats)]
+            if name == "o2o":
+                ltrb = [F.relu(r) * s for r, s in zip(raw, self.strides)]
+            else:
+                # exp of a clamped log-distance: finite under bf16 and early in training.
+                ltrb = [r.float().clamp(max=math.log(1e5)).exp() for r in raw]
+            out[name] = {"cls": _flatten([pred["cls"](x) for x in cls_feats]), "ltrb": _flatten(ltrb)}
+            if name == "o2m":
+                out[name]["ctr"] = _flatten([pred["ctr"](x) for x in cls_feats])[..., 0]
+            if name == "o2o" and self.max_filter is not None:
+                filters = [self.filter_predictor(x) for x in self.max_filter(reg_feats)]
+                out[name]["filter"] = _flatten(filters)[..., 0]
+        return out

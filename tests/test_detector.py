@@ -1,0 +1,202 @@
+"""Detector behaviour: branches, gradients, empty images, inference without the o2m predictors,
+backbone weights handling."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torchvision
+
+from date.modeling import build_detector
+from date.modeling.backbone import BackboneWeightsError, build_resnet_fpn
+
+SIZE = 128
+
+
+def make_detector(mode, *, use_3dmf=False, o2m="fcos", num_classes=3, seed=0):
+    torch.manual_seed(seed)
+    return build_detector(
+        backbone=SimpleNamespace(depth=18, weights="none", fpn_channels=64),
+        assigner=SimpleNamespace(mode=mode, o2m=o2m, poto_alpha=0.8, poto_center_radius=1.5,
+                                 fcos_center_sampling=None, topk=10, topk_alpha=0.5, topk_beta=6.0),
+        model=SimpleNamespace(num_convs=2, use_3dmf=use_3dmf, prior_prob=0.01, size_of_interest=[16, 32, 64, 128],
+                              score_thresh=0.01, topk_candidates=100, detections_per_img=100, nms_thresh=0.6),
+        num_classes=num_classes,
+    )
+
+
+def batch(with_empty=True):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(3, 3, SIZE, SIZE, generator=g)
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [50.0, 40.0, 120.0, 100.0], [4.0, 90.0, 30.0, 124.0]]),
+         "labels": torch.tensor([0, 2, 1]), "image_size": (SIZE, SIZE)},
+        {"boxes": torch.tensor([[20.0, 20.0, 90.0, 60.0]]), "labels": torch.tensor([1]), "image_size": (SIZE, 100),
+         "crowd_boxes": torch.tensor([[0.0, 64.0, 100.0, 128.0]])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "image_size": (SIZE, SIZE)},
+    ]
+    if not with_empty:
+        targets[2] = targets[0]
+    return images, targets
+
+
+EXPECTED_TERMS = {
+    "o2o": {"o2o/cls", "o2o/l1", "o2o/giou"},
+    "o2m": {"o2m/cls", "o2m/iou", "o2m/ctr"},
+    "dual": {"o2o/cls", "o2o/l1", "o2o/giou", "o2m/cls", "o2m/iou", "o2m/ctr"},
+}
+
+
+@pytest.mark.parametrize("mode", ["o2o", "o2m", "dual"])
+def test_losses_are_the_modes_terms_and_finite(mode):
+    model = make_detector(mode)
+    losses = model(*batch())
+    assert set(losses) == EXPECTED_TERMS[mode]
+    for name, value in losses.items():
+        assert value.dim() == 0 and torch.isfinite(value), name
+
+
+@pytest.mark.parametrize("mode, use_3dmf", [("o2o", False), ("o2m", False), ("dual", False), ("o2o", True), ("dual", True)])
+def test_losses_finite_when_no_image_has_objects(mode, use_3dmf):
+    model = make_detector(mode, use_3dmf=use_3dmf)
+    images, _ = batch()
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "image_size": (SIZE, SIZE)}] * 3
+    losses = model(images, empty)
+    total = sum(losses.values())
+    assert torch.isfinite(total) and total > 0  # the negatives still teach background
+    total.backward()
+    grads = [p.grad for p in model.head.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads), "every head parameter gets a (finite) gradient"
+
+
+def grads_of(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward(retain_graph=True)
+    return {name: (p.grad is not None and p.grad.abs().sum() > 0) for name, p in model.named_parameters()}
+
+
+def test_gradients_reach_shared_parts_from_both_branches_and_o2m_predictor_only_from_o2m():
+    model = make_detector("dual")
+    losses = model(*batch(with_empty=False))
+    o2o = sum(v for k, v in losses.items() if k.startswith("o2o/"))
+    o2m = sum(v for k, v in losses.items() if k.startswith("o2m/"))
+    from_o2o, from_o2m = grads_of(model, o2o), grads_of(model, o2m)
+    for shared in ["head.cls_tower.0.weight", "head.reg_tower.0.weight",
+                   "backbone.fpn.layer_blocks.0.0.weight", "backbone.body.conv1.weight"]:
+        assert from_o2o[shared] and from_o2m[shared], shared
+    scales = [n for n in from_o2o if n.startswith("head.scales.")]  # the levels holding positives get gradient
+    assert any(from_o2o[n] for n in scales) and any(from_o2m[n] for n in scales)
+    o2m_predictor = [n for n in from_o2o if n.startswith("head.predictors.o2m.")]
+    o2o_predictor = [n for n in from_o2o if n.startswith("head.predictors.o2o.")]
+    assert o2m_predictor and not any(from_o2o[n] for n in o2m_predictor), "o2o loss must not reach the o2m predictor"
+    assert o2o_predictor and not any(from_o2m[n] for n in o2o_predictor)
+    assert all(from_o2m[n] for n in o2m_predictor) and all(from_o2o[n] for n in o2o_predictor)
+
+
+def test_every_gt_gets_exactly_one_o2o_positive(monkeypatch):
+    import date.modeling.detector as detector_module
+
+    seen = []
+    original = detector_module.match_one_to_one_batched
+
+    def record(quality, num_gts):
+        matched = original(quality, num_gts)
+        seen.append((matched, num_gts))
+        return matched
+
+    monkeypatch.setattr(detector_module, "match_one_to_one_batched", record)
+    images, targets = batch()
+    make_detector("dual")(images, targets)
+    matched, num_gts = seen[0]
+    for b, m in enumerate(num_gts.tolist()):
+        assert (matched[b, :m] >= 0).all() and len(matched[b, :m].unique()) == m
+        assert (matched[b, m:] == -1).all()
+
+
+@pytest.mark.parametrize("use_3dmf", [False, True])
+def test_dual_inference_runs_no_o2m_predictor(use_3dmf):
+    model = make_detector("dual", use_3dmf=use_3dmf).eval()
+    calls = {"o2o": 0, "o2m": 0}
+    for branch in ("o2o", "o2m"):
+        for module in model.head.predictors[branch].values():
+            module.register_forward_hook(lambda *_, b=branch: calls.__setitem__(b, calls[b] + 1))
+    images, _ = batch()
+    model.predict(images, [(SIZE, SIZE)] * 3)
+    assert calls["o2m"] == 0
+    assert calls["o2o"] == 2 * 5  # cls + box, five levels
+    model.train()
+    model(*batch())
+    assert calls["o2m"] == 3 * 5  # training runs both
+
+
+@pytest.mark.parametrize("mode", ["o2o", "o2m", "dual"])
+def test_predict_format(mode):
+    model = make_detector(mode).eval()
+    images, _ = batch()
+    sizes = [(SIZE, SIZE), (SIZE, 100), (90, 70)]
+    results = model.predict(images, sizes)
+    assert len(results) == 3
+    for result, (h, w) in zip(results, sizes):
+        boxes, scores, labels = result["boxes"], result["scores"], result["labels"]
+        assert boxes.shape[1] == 4 and len(boxes) == len(scores) == len(labels) <= 100
+        assert (boxes[:, 0::2] >= 0).all() and (boxes[:, 0::2] <= w).all() and (boxes[:, 1::2] <= h).all()
+        assert (scores > 0.01).all() and (scores[:-1] >= scores[1:]).all()
+        assert labels.dtype == torch.long and ((labels >= 0) & (labels < 3)).all()
+
+
+def test_o2o_mode_has_no_o2m_predictor_and_o2m_mode_has_no_o2o_predictor():
+    assert set(make_detector("o2o").head.predictors) == {"o2o"}
+    assert set(make_detector("o2m").head.predictors) == {"o2m"}
+    with pytest.raises(ValueError, match="3DMF|use_3dmf"):
+        make_detector("o2m", use_3dmf=True)
+
+
+def test_topk_o2m_variant_trains():
+    losses = make_detector("dual", o2m="topk")(*batch())
+    assert set(losses) == EXPECTED_TERMS["dual"] and all(torch.isfinite(v) for v in losses.values())
+
+
+def test_backbone_from_scratch_trains_everything():
+    fpn = build_resnet_fpn(depth=18, weights="none", fpn_channels=64)
+    assert all(p.requires_grad for p in fpn.parameters())
+    out = fpn(torch.randn(1, 3, SIZE, SIZE))
+    assert [tuple(v.shape[-2:]) for v in out.values()] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+
+
+def test_backbone_from_local_file_freezes_stem_and_stage1(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    reference = torchvision.models.resnet18()
+    torch.save(reference.state_dict(), path)
+    fpn = build_resnet_fpn(depth=18, weights=str(path), fpn_channels=64)
+    body = fpn.body
+    assert torch.equal(body.conv1.weight, reference.conv1.weight)
+    assert isinstance(body.bn1, torchvision.ops.FrozenBatchNorm2d)
+    assert not body.conv1.weight.requires_grad and not any(p.requires_grad for p in body.layer1.parameters())
+    assert all(p.requires_grad for p in body.layer2.parameters())
+
+
+def test_backbone_bad_weights_give_clear_errors(tmp_path, monkeypatch):
+    with pytest.raises(BackboneWeightsError, match="no such file"):
+        build_resnet_fpn(depth=18, weights=str(tmp_path / "missing.pth"))
+    wrong = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), wrong)
+    with pytest.raises(BackboneWeightsError, match="backbone.depth"):
+        build_resnet_fpn(depth=18, weights=str(wrong))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(BackboneWeightsError, match="cannot be read"):
+        build_resnet_fpn(depth=18, weights=str(garbage))
+
+
+def test_imagenet_weights_offline_says_how_to_pass_a_local_file(tmp_path, monkeypatch):
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    # The machine running the tests may or may not be online: make the download fail the way it does offline.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(BackboneWeightsError) as error:
+        build_resnet_fpn(depth=18, weights="imagenet")
+    message = str(error.value)
+    assert "backbone.weights=/path/to/resnet18-" in message and "offline" in message
