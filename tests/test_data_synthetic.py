@@ -1,0 +1,144 @@
+"""The synthetic benchmark: determinism, caching, atomic writes, COCO validity, statistics."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from date.data import DatasetConfig, DatasetError, build_datasets
+from date.data import synthetic
+from date.data.synthetic import SyntheticParams, describe, ensure_synthetic, render_image
+
+TINY = SyntheticParams(num_train=6, num_val=4, image_size=64, max_objects=12, max_object_size=64.0)
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    a = ensure_synthetic(TINY, cache_dir=tmp_path / "a", progress=False)
+    b = ensure_synthetic(TINY, cache_dir=tmp_path / "b", progress=False, workers=2)  # workers do not matter
+    da, db = _digest(a), _digest(b)
+    assert da == db and len([k for k in da if k.endswith(".png")]) == 10
+    assert {"instances_train.json", "instances_val.json", "params.json"} <= set(da)
+    c = ensure_synthetic(SyntheticParams(**{**TINY.__dict__, "seed": 1}), cache_dir=tmp_path / "a", progress=False)
+    assert c != a and _digest(c)["instances_train.json"] != da["instances_train.json"]
+
+
+def test_cached_dataset_is_reused(tmp_path, monkeypatch):
+    root = ensure_synthetic(TINY, cache_dir=tmp_path, progress=False)
+    monkeypatch.setattr(synthetic, "_write_split", lambda *a, **k: pytest.fail("regenerated a cached dataset"))
+    assert ensure_synthetic(TINY, cache_dir=tmp_path, progress=False) == root
+    assert root.parent == tmp_path / "synthetic" and TINY.key() in root.name
+
+
+def test_parameters_key_the_folder():
+    assert SyntheticParams(num_train=10).key() != SyntheticParams(num_train=11).key()
+    assert SyntheticParams().key() == SyntheticParams().key()
+
+
+def test_killed_generation_leaves_no_complete_looking_folder(tmp_path, monkeypatch):
+    real = synthetic._write_split
+
+    def dies_on_val(p, split, root, **kw):
+        if split == "val":
+            raise KeyboardInterrupt
+        return real(p, split, root, **kw)
+
+    monkeypatch.setattr(synthetic, "_write_split", dies_on_val)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_synthetic(TINY, cache_dir=tmp_path, progress=False)
+    base = tmp_path / "synthetic"
+    assert not (base / TINY.folder_name()).exists() and not list(base.glob("*.tmp-*"))
+    # a temp folder left by a hard kill (no cleanup ran) is removed by the next generation
+    (base / f"{TINY.folder_name()}.tmp-stale").mkdir()
+    monkeypatch.setattr(synthetic, "_write_split", real)
+    root = ensure_synthetic(TINY, cache_dir=tmp_path, progress=False)
+    assert root.is_dir() and not list(base.glob("*.tmp-*"))
+
+
+def test_cache_dir_from_env_and_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATE_DATA_CACHE", str(tmp_path / "env"))
+    assert synthetic.resolve_cache_dir(None) == tmp_path / "env"
+    assert synthetic.resolve_cache_dir(str(tmp_path / "cfg")) == tmp_path / "cfg"
+    monkeypatch.delenv("DATE_DATA_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert synthetic.resolve_cache_dir(None) == tmp_path / "xdg" / "date"
+
+
+def test_json_loads_in_pycocotools_and_perfect_detections_score_ap_1(tmp_path):
+    root = ensure_synthetic(TINY, cache_dir=tmp_path, progress=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(root / "instances_val.json"))
+        dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+                for a in gt.dataset["annotations"]]
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert len(dets) > 0 and ev.stats[0] == pytest.approx(1.0)
+    assert len(gt.getCatIds()) == TINY.num_classes and len(gt.getImgIds()) == TINY.num_val
+
+
+def test_scene_properties():
+    p = SyntheticParams(image_size=128)
+    counts, labels, sides, border = [], set(), [], 0
+    for i in range(20):
+        image, objects = render_image(p, "train", i)
+        assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+        assert 1 <= len(objects) <= p.max_objects
+        counts.append(len(objects))
+        for label, (x0, y0, x1, y1) in objects:
+            assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128
+            labels.add(label)
+            sides.append(max(x1 - x0, y1 - y0))
+            border += x0 == 0 or y0 == 0 or x1 == 128 or y1 == 128
+    assert max(counts) >= 15 and labels == set(range(p.num_classes))  # crowded, every class
+    assert min(sides) <= 16 and max(sides) >= 64 and border > 0  # scale spread, border cuts
+    a, _ = render_image(p, "train", 0)
+    assert np.array_equal(a, render_image(p, "train", 0)[0]) and not np.array_equal(a, render_image(p, "val", 0)[0])
+
+
+def test_describe_counts(tmp_path):
+    root = ensure_synthetic(TINY, cache_dir=tmp_path, progress=False)
+    stats = describe(root / "instances_train.json", size_of_interest=[8, 16, 32, 64])
+    n = len(json.loads((root / "instances_train.json").read_text())["annotations"])
+    assert stats["images"] == 6 and stats["objects"] == n
+    assert sum(stats["objects_per_level"].values()) == n and sum(stats["classes"].values()) == n
+    assert stats["objects_per_image"]["min"] <= stats["objects_per_image"]["mean"] <= stats["objects_per_image"]["max"]
+
+
+def test_cli_prints_statistics(tmp_path, capsys):
+    synthetic.main(["--stats", "--cache-dir", str(tmp_path), "num_train=3", "num_val=2", "image_size=64",
+                    "max_objects=5"])
+    out = capsys.readouterr().out
+    assert "generated in" in out and "objects_per_level" in out and "--- val" in out
+    synthetic.main(["--cache-dir", str(tmp_path), "num_train=3", "num_val=2", "image_size=64", "max_objects=5"])
+    assert "found in cache" in capsys.readouterr().out
+
+
+def test_bad_parameters_raise_dataset_error():
+    with pytest.raises(DatasetError, match="num_classes=9"):
+        SyntheticParams(num_classes=9)
+    with pytest.raises(DatasetError, match="min_objects"):
+        SyntheticParams(min_objects=5, max_objects=2)
+
+
+def test_build_datasets_synthetic(tmp_path):
+    cfg = DatasetConfig(cache_dir=str(tmp_path), num_train=4, num_val=2, image_size=64, max_objects=6,
+                        max_object_size=64, train_short_sizes=[64], max_size=64, test_short_size=64)
+    train, val = build_datasets(cfg)
+    assert (len(train), len(val)) == (4, 2) and train.num_classes == 6
+    assert train.label_to_category_id == [1, 2, 3, 4, 5, 6] and val.coco.getImgIds() == [1, 2]
+    image, target = val[0]
+    assert image.shape == (3, 64, 64) and target["image_size"] == (64, 64)
