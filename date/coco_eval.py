@@ -1,0 +1,117 @@
+"""COCO box evaluation with pycocotools: run ``predict`` over a loader, score with ``COCOeval``.
+
+Detections come out in the transformed image's pixels; COCO wants them in the original file's
+pixels, as [x, y, w, h] with COCO category ids.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from typing import Iterable, Sequence
+
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+log = logging.getLogger(__name__)
+
+# The 12 numbers of COCOeval.stats, in order.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def to_coco_results(predictions: Sequence[dict], targets: Sequence[dict],
+                    label_to_category_id: Sequence[int]) -> list[dict]:
+    """Detections of one batch as COCO result records.
+
+    Args:
+        predictions: per image ``boxes`` Tensor[K, 4] xyxy in transformed pixels, ``scores`` [K],
+            ``labels`` [K] int64 contiguous.
+        targets: per image ``image_id``, ``orig_size`` (H0, W0) and ``image_size`` (H, W).
+        label_to_category_id: contiguous label -> COCO category id.
+    Returns:
+        [{"image_id", "category_id", "bbox": [x, y, w, h] in original pixels, "score"}, ...]
+    """
+    records = []
+    for pred, target in zip(predictions, targets):
+        (h0, w0), (h, w) = target["orig_size"], target["image_size"]
+        boxes = pred["boxes"].detach().float().cpu()  # [K, 4] xyxy, transformed pixels
+        boxes = boxes * torch.tensor([w0 / w, h0 / h, w0 / w, h0 / h])
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)  # [K, 4]
+        for box, score, label in zip(xywh.tolist(), pred["scores"].float().tolist(), pred["labels"].tolist()):
+            records.append({"image_id": int(target["image_id"]), "category_id": int(label_to_category_id[label]),
+                            "bbox": [round(v, 2) for v in box], "score": round(score, 5)})
+    return records
+
+
+def coco_stats(coco_gt: COCO, results: list[dict], image_ids: Iterable[int] | None = None) -> tuple[dict, str]:
+    """COCOeval bbox on ``results``; returns ({name: value} for the 12 numbers, the printed table).
+
+    No detections at all is a valid outcome (an untrained model): AP 0 (or -1 where the split has no
+    ground truth of that size), not a crash.
+    """
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # pycocotools prints progress and the table
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:  # loadRes cannot take an empty list
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": list(coco_gt.dataset["images"]),
+                               "categories": list(coco_gt.dataset.get("categories", [])), "annotations": []}
+            coco_dt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        table = io.StringIO()
+        with contextlib.redirect_stdout(table):
+            evaluator.summarize()
+    return dict(zip(STAT_NAMES, (float(v) for v in evaluator.stats))), table.getvalue()
+
+
+@torch.no_grad()
+def predict_coco(*, model: torch.nn.Module, loader: Iterable, label_to_category_id: Sequence[int],
+                 device: torch.device, amp: bool = False) -> tuple[list[dict], list[int]]:
+    """Run ``model.predict`` over ``loader``; returns (COCO result records, the image ids seen).
+
+    Args:
+        model: a detector with ``predict(images [B, 3, H, W], image_sizes) -> list[dict]`` (not DDP-wrapped).
+        loader: yields (images [B, 3, Hp, Wp], targets) as described in date/data.
+        label_to_category_id: contiguous label -> COCO category id.
+        amp: run the forward under bf16 autocast.
+    """
+    was_training = model.training
+    model.eval()
+    results: list[dict] = []
+    image_ids: list[int] = []
+    try:
+        for images, targets in loader:
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                predictions = model.predict(images.to(device, non_blocking=True),
+                                            [tuple(t["image_size"]) for t in targets])
+            results += to_coco_results(predictions, targets, label_to_category_id)
+            image_ids += [int(t["image_id"]) for t in targets]
+    finally:
+        model.train(was_training)
+    return results, image_ids
+
+
+def evaluate(*, model: torch.nn.Module, loader: Iterable, coco_gt: COCO, label_to_category_id: Sequence[int],
+             device: torch.device, amp: bool = False) -> tuple[dict[str, float], list[dict]]:
+    """:func:`predict_coco` then :func:`coco_stats` (the table goes to the log).
+
+    Returns:
+        ({"AP": ..., "AP50": ..., ... 12 numbers}, the COCO result records).
+    """
+    results, image_ids = predict_coco(model=model, loader=loader, label_to_category_id=label_to_category_id,
+                                      device=device, amp=amp)
+    return score(coco_gt, results, image_ids), results
+
+
+def score(coco_gt: COCO, results: list[dict], image_ids: Sequence[int]) -> dict[str, float]:
+    """:func:`coco_stats` on the given images, logging the usual table."""
+    stats, table = coco_stats(coco_gt, results, image_ids)
+    log.info("COCO bbox evaluation on %d images, %d detections:\n%s", len(set(image_ids)), len(results),
+             table.rstrip())
+    return stats

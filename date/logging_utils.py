@@ -1,0 +1,47 @@
+"""Log-line formatting (detectron2 style) and small logging helpers; no global state beyond `logging`."""
+from __future__ import annotations
+
+import datetime
+import logging
+from pathlib import Path
+from typing import Mapping, Optional
+
+
+def format_eta(seconds: float) -> str:
+    """83.4 -> "0:01:23"."""
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+def train_line(*, eta_s: float, iteration: int, total_iters: int, loss: float, terms: Mapping[str, float],
+               lr: float, img_per_s: float) -> str:
+    """`eta: 0:01:23  iter: 120/960  loss: 1.234  o2o/cls: 0.456 ...  lr: 4.0e-04  img/s: 18.3`."""
+    parts = [f"eta: {format_eta(eta_s)}", f"iter: {iteration}/{total_iters}", f"loss: {loss:.4f}"]
+    parts += [f"{key}: {value:.4f}" for key, value in terms.items()]
+    parts += [f"lr: {lr:.1e}", f"img/s: {img_per_s:.1f}"]
+    return "  ".join(parts)
+
+
+def quiet_unless_main(*, is_main: bool) -> None:
+    """Non-main DDP processes share the job log: keep only their warnings and errors."""
+    if not is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+
+
+def job_log_file() -> Optional[Path]:
+    """The file the root logger writes to (Hydra's `<run dir>/<job name>.log`), if any."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.flush()
+            return Path(handler.baseFilename)
+    return None
+
+
+def report_error(message: str) -> None:
+    """Show a user-facing error on stderr (no traceback) and record it in the job log file."""
+    import sys
+
+    print(f"Error: {message}", file=sys.stderr, flush=True)
+    record = logging.LogRecord("date", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

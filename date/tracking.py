@@ -1,0 +1,330 @@
+"""MLflow tracking: where the store is, one run per job, and metrics that survive outages and restarts.
+
+Store (first match wins):
+  1. the ``tracking.uri`` config key,
+  2. ``$MLFLOW_TRACKING_URI``,
+  3. ``sqlite:///$DATE_HOME/mlflow.db`` with artifacts in ``$DATE_HOME/mlartifacts``;
+     ``DATE_HOME`` defaults to ``~/.local/share/date``. This place does not depend on the directory
+     a run is launched from. ``python -m date.tracking`` prints the URI, e.g. for
+     ``mlflow ui --backend-store-uri "$(python -m date.tracking)"``.
+
+Metric delivery: :class:`RunTracker` buffers metrics and sends them with ``log_batch``; a batch that
+fails (server down) stays buffered and is retried later, and whatever is still unsent is stored in
+the checkpoint. On resume, (key, step) pairs already in the run's history are not logged again, so
+the history has no duplicated and no missing steps.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id"
+SWEEP_ID_FILE = "sweep_id"
+PROBE_TIMEOUT_S = 5.0
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used (unreachable server, unwritable path, deleted experiment)."""
+
+
+def date_home() -> Path:
+    """``$DATE_HOME``, else ``~/.local/share/date``: the embedded MLflow store lives here."""
+    return Path(os.environ.get("DATE_HOME") or "~/.local/share/date").expanduser().resolve()
+
+
+def resolve_uri(uri: Optional[str] = None) -> str:
+    """The tracking URI: ``uri`` (the config key) > ``$MLFLOW_TRACKING_URI`` > the embedded SQLite file."""
+    if uri:
+        return str(uri)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return "sqlite:///" + str(date_home() / "mlflow.db")
+
+
+def _sqlite_path(uri: str) -> Optional[Path]:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):]).expanduser().absolute()
+
+
+def _is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+@contextlib.contextmanager
+def _quick_requests(timeout_s: float = PROBE_TIMEOUT_S):
+    """Inside the training loop a dead server must cost seconds, not MLflow's minutes of retries."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(timeout_s, 1)))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_reachable(uri: str, *, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Fail fast (TrackingError) when the store cannot be reached, before any training starts."""
+    if _is_http(uri):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        except urllib.error.HTTPError:
+            return  # the server answered (maybe no /health behind a proxy): it is reachable
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"The MLflow tracking server {uri} is unreachable ({reason}). Start it (e.g. `mlflow server "
+                f"--host 127.0.0.1 --port 5000`), or point tracking.uri / MLFLOW_TRACKING_URI at a reachable "
+                f"server or at a sqlite:///<file> store. Nothing was trained.") from None
+    elif (path := _sqlite_path(uri)) is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"Cannot create the folder of the MLflow store {uri}: {exc}. Set DATE_HOME, "
+                                "MLFLOW_TRACKING_URI or tracking.uri to a writable place.") from None
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Create the store (SQLite migrations) and the experiment if needed; return the experiment id.
+
+    Call this in one process before parallel jobs start: several processes creating a fresh SQLite
+    store at once race in its migrations.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    check_reachable(uri)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            db = _sqlite_path(uri)
+            artifacts = (db.parent / "mlartifacts").as_uri() if db is not None else None
+            try:
+                return client.create_experiment(name, artifact_location=artifacts)
+            except MlflowException:  # created meanwhile by another process
+                experiment = client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow store {uri} failed while preparing experiment {name!r}: {exc.message}") from None
+    if experiment.lifecycle_stage != "active":
+        raise TrackingError(f"MLflow experiment {name!r} in {uri} is deleted. Restore it (`mlflow experiments "
+                            f"restore --experiment-id {experiment.experiment_id}`) or set tracking.experiment to "
+                            "another name.")
+    return experiment.experiment_id
+
+
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of the checkout holding this package; "unknown" outside git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def read_or_create_sweep_id(sweep_dir: Path) -> str:
+    """The sweep id stored in ``<sweep_dir>/sweep_id``, created (a fresh uuid) by the first caller."""
+    path = Path(sweep_dir) / SWEEP_ID_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "x") as f:
+            f.write(uuid.uuid4().hex[:12] + "\n")
+    except FileExistsError:
+        pass
+    for _ in range(50):  # another process may be between create and write
+        value = path.read_text().strip()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TrackingError(f"{path} is empty; delete it and rerun the sweep.")
+
+
+class SweepCallback(Callback):
+    """Hydra callback: before a multirun's jobs start, create the store, the experiment and the sweep id.
+
+    Registered in conf/config.yaml (``hydra.callbacks.tracking``). Jobs read the id from
+    ``<sweep dir>/sweep_id`` (the sweep dir is shared by all jobs, on SLURM too).
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        uri = resolve_uri(config.tracking.uri)
+        ensure_experiment(uri, config.tracking.experiment)
+        sweep_id = read_or_create_sweep_id(Path(str(config.hydra.sweep.dir)))
+        log.info("MLflow store %s, experiment %r, sweep_id %s", uri, config.tracking.experiment, sweep_id)
+
+
+class RunTracker:
+    """One MLflow run, with buffered, retried, de-duplicated metric logging. Used on rank 0 only.
+
+    Args:
+        uri: tracking URI.
+        run_id: the MLflow run.
+        seen: (key, step) pairs already in the run's history (skipped if logged again).
+        retry_s: first wait after a failed send before sending again (doubles up to 2 minutes).
+    """
+
+    def __init__(self, *, uri: str, run_id: str, seen: Iterable[tuple[str, int]] = (), retry_s: float = 10.0):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri=uri)
+        self._seen = set(seen)
+        self._pending: list[tuple[str, float, int, int]] = []  # (key, value, step, timestamp ms)
+        self._retry_s = self._base_retry_s = retry_s
+        self._next_try = 0.0
+        self._failing = False
+
+    @classmethod
+    def start(cls, *, uri: str, experiment: str, run_dir: Path, run_name: str, tags: Mapping[str, str],
+              run_id: Optional[str] = None) -> "RunTracker":
+        """Continue ``run_id`` if given and present in the store; else create a run and record its id in
+        ``<run_dir>/mlflow_run_id`` at once, so that a kill before the first checkpoint still resumes it."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        experiment_id = ensure_experiment(uri, experiment)
+        client = MlflowClient(tracking_uri=uri)
+        if run_id:
+            try:
+                run = client.get_run(run_id)
+            except MlflowException:
+                log.warning("MLflow run %s is not in %s; starting a new run.", run_id, uri)
+            else:
+                if run.info.lifecycle_stage == "active":
+                    client.update_run(run_id, status="RUNNING")
+                    log.info("Continuing MLflow run %s (%s)", run_id, uri)
+                    return cls(uri=uri, run_id=run_id, seen=_logged_steps(client, run))
+                log.warning("MLflow run %s is deleted; starting a new run.", run_id)
+        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / RUN_ID_FILE).write_text(run.info.run_id + "\n")
+        log.info("MLflow run %s in experiment %r (%s)", run.info.run_id, experiment, uri)
+        return cls(uri=uri, run_id=run.info.run_id)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params not yet in the run (a resumed run keeps its values; MLflow forbids changing them)."""
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        changed = [k for k, v in params.items() if k in existing and existing[k] != str(v)[:6000]]
+        if changed:
+            log.warning("Params %s differ from those already logged in run %s; keeping the logged values.",
+                        changed, self.run_id)
+        for i in range(0, len(new), 100):  # log_batch takes at most 100 params
+            self.client.log_batch(self.run_id, params=new[i:i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
+        """Queue metrics for ``step``; (key, step) pairs already logged are dropped."""
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if (key, step) not in self._seen:
+                self._seen.add((key, step))
+                self._pending.append((key, float(value), int(step), now))
+
+    @property
+    def num_pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self, *, force: bool = False) -> bool:
+        """Send queued metrics; True when nothing is left. Never raises: a failure keeps them queued.
+
+        Without ``force``, a send is attempted only once the retry wait after the last failure is over.
+        """
+        from mlflow.entities import Metric
+
+        if not self._pending:
+            return True
+        if not force and time.monotonic() < self._next_try:
+            return False
+        try:
+            with _quick_requests() if _is_http(self.uri) else contextlib.nullcontext():
+                while self._pending:
+                    chunk = self._pending[:1000]  # log_batch takes at most 1000 metrics
+                    self.client.log_batch(self.run_id, metrics=[Metric(k, v, t, s) for k, v, s, t in chunk])
+                    del self._pending[:len(chunk)]
+        except Exception as exc:  # network errors come as several types; all mean "try later"
+            if not self._failing:
+                log.warning("MLflow (%s) unreachable: %s: %s. Training goes on; %d metrics are buffered and "
+                            "retried.", self.uri, type(exc).__name__, str(exc).splitlines()[0][:200],
+                            len(self._pending))
+            self._failing = True
+            self._next_try = time.monotonic() + self._retry_s
+            self._retry_s = min(2 * self._retry_s, 120.0)
+            return False
+        if self._failing:
+            log.info("MLflow (%s) reachable again; buffered metrics sent.", self.uri)
+        self._failing = False
+        self._retry_s = self._base_retry_s
+        return True
+
+    def flush_until(self, deadline_s: float) -> bool:
+        """Retry sending for up to ``deadline_s`` seconds (end of training); True when all were sent."""
+        end = time.monotonic() + deadline_s
+        wait = 1.0
+        while not self.flush(force=True):
+            if time.monotonic() + wait > end:
+                return False
+            time.sleep(wait)
+            wait = min(2 * wait, 15.0)
+        return True
+
+    def pending_state(self) -> list[list]:
+        """Unsent metrics as plain lists (stored in checkpoints)."""
+        return [list(p) for p in self._pending]
+
+    def restore_pending(self, pending: Iterable[Iterable]) -> None:
+        """Queue metrics saved by :meth:`pending_state` (skipping any the run already has)."""
+        for key, value, step, ts in pending:
+            if (key, int(step)) not in self._seen:
+                self._seen.add((key, int(step)))
+                self._pending.append((key, float(value), int(step), int(ts)))
+
+    def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
+        """Upload a file; a failure is logged, not raised (it must not fail a finished training)."""
+        try:
+            with _quick_requests(30) if _is_http(self.uri) else contextlib.nullcontext():
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+        except Exception as exc:
+            log.warning("Could not upload %s to MLflow run %s: %s", path, self.run_id, exc)
+
+    def set_terminated(self, status: str) -> None:
+        """Mark the run FINISHED / FAILED / KILLED (best effort)."""
+        try:
+            with _quick_requests() if _is_http(self.uri) else contextlib.nullcontext():
+                self.client.set_terminated(self.run_id, status=status)
+        except Exception as exc:
+            log.warning("Could not mark MLflow run %s %s: %s", self.run_id, status, exc)
+
+
+def _logged_steps(client, run) -> set[tuple[str, int]]:
+    """Every (key, step) already in ``run``'s metric histories."""
+    seen = set()
+    for key in run.data.metrics:
+        seen.update((key, m.step) for m in client.get_metric_history(run.info.run_id, key))
+    return seen
+
+
+if __name__ == "__main__":
+    print(resolve_uri())

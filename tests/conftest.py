@@ -1,0 +1,122 @@
+"""Shared fixtures: a sandboxed environment for `python -m date.train` runs and a local MLflow server.
+
+Every run started by the tests writes its MLflow store, synthetic data and outputs under pytest's
+temporary directories, never into ~/.local/share/date or ~/.cache/date.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import date.config  # noqa: F401  (registers the schemas conf/*.yaml build on, for Hydra's compose API)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A training run of a few seconds: 8 + 4 synthetic images, 2 epochs x 2 iterations, eval at each epoch.
+SMOKE = ["schedule=smoke", "dataset.num_train=8", "dataset.num_val=4", "batch_size=4", "num_workers=0",
+         "log_every=1"]
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """One synthetic-data cache for the whole session (each small set is generated once)."""
+    return tmp_path_factory.mktemp("data_cache")
+
+
+@pytest.fixture
+def one_thread():
+    """In-process training with one intra-op thread (see train_env), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def train_env(tmp_path, data_cache) -> dict[str, str]:
+    """Environment for a `python -m date.train` subprocess: repo on the path, private MLflow store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HYDRA_", "DATE_"))}
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+               DATE_HOME=str(tmp_path / "date_home"), DATE_DATA_CACHE=str(data_cache),
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+               # one intra-op thread: on a small, shared machine OpenMP threads spinning for a busy core
+               # made these tiny runs 30x slower; with one thread they take seconds whatever the load
+               OMP_NUM_THREADS="1")
+    return env
+
+
+def run_module(module: str, args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 300,
+               ) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` in ``cwd``; returns the finished process (stdout, stderr as text)."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 with a SQLite store; stopped by its PID (and its own process group)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90.0) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port",
+             str(self.port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=2).close()
+                return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer on {self.url} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        pid = self.proc.pid
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+        try:  # workers it spawned are in its session's process group (pgid == its pid)
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path / "mlflow_server")
+    server.start()
+    yield server
+    server.stop()

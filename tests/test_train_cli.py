@@ -1,0 +1,82 @@
+"""`python -m date.train` as a user runs it: bad input, an unreachable tracking server, a sweep."""
+import json
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import SMOKE, free_port, run_module
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["assigner=nope"], ["Could not find 'assigner/nope'", "dual", "o2o"]),
+    (["schedule.epochs=-1"], ["schedule.epochs=-1", ">= 1"]),
+    (["schedule.epoch=3"], ["schedule.epoch", "not in 'ScheduleConfig'"]),
+    (["dataset=coco", "dataset.root=/nonexistent/coco"], ["dataset.root=/nonexistent/coco", "COCO 2017"]),
+])
+def test_bad_input_is_one_clear_message(args, expected, tmp_path, train_env):
+    result = run_module("date.train", args, env=train_env, cwd=tmp_path)
+    assert result.returncode != 0
+    for text in expected:
+        assert text in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    assert not (tmp_path / "mlflow.db").exists()  # refused before any run was created
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path, train_env):
+    url = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    result = run_module("date.train", SMOKE, env={**train_env, "MLFLOW_TRACKING_URI": url}, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert f"The MLflow tracking server {url} is unreachable" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - start < 60  # interpreter start-up dominates; no retry loop
+    assert not list(tmp_path.glob("outputs/**/last.pth"))
+
+
+def test_sweep_gives_one_tagged_run_per_job_with_a_shared_sweep_id(tmp_path, train_env):
+    result = run_module("date.train", ["-m", "assigner=o2o,dual", *SMOKE, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                        env=train_env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(train_env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("date").experiment_id])
+    assert sorted(r.data.tags["assigner"] for r in runs) == ["dual", "o2o"]
+    sweep_id = (tmp_path / "sweep" / "sweep_id").read_text().strip()
+    for run in runs:
+        tags = run.data.tags
+        assert tags["sweep_id"] == sweep_id
+        assert (tags["schedule"], tags["backbone"], tags["branch_weighting"], tags["dataset"], tags["seed"]) == \
+            ("smoke", "resnet18", "equal", "synthetic", "0")
+        assert tags["git_commit"]
+        assert run.info.status == "FINISHED"
+        assert run.data.params["assigner.mode"] == tags["assigner"] and run.data.params["schedule.epochs"] == "2"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/AP")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config_resolved.yaml", "eval_results.json", "train.log"} <= artifacts
+    dual = next(r for r in runs if r.data.tags["assigner"] == "dual")
+    assert {"train/o2o/cls", "train/o2m/ctr", "train/o2o/loss", "train/o2m/loss", "train/lr",
+            "train/img_per_s"} <= set(dual.data.metrics)
+    job_dirs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert job_dirs[0].name.startswith("assigner-dual_") and job_dirs[1].name.startswith("assigner-o2o_")
+
+    # the checkpoint evaluates alone to the run's final numbers
+    result = run_module("date.evaluate", [f"checkpoint={job_dirs[0] / 'model_final.pth'}", "num_workers=0",
+                                          f"output={tmp_path / 'eval.json'}"], env=train_env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in result.stdout
+    stats = json.loads((tmp_path / "eval.json").read_text())
+    assert stats["AP"] == pytest.approx(dual.data.metrics["val/AP"]) and len(stats) == 12
+
+
+def test_evaluate_refuses_a_missing_checkpoint(tmp_path, train_env):
+    result = run_module("date.evaluate", [f"checkpoint={tmp_path / 'nope.pth'}"], env=train_env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"Checkpoint {tmp_path / 'nope.pth'} does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cfg_job_shows_the_composed_groups(tmp_path, train_env):
+    result = run_module("date.train", ["--cfg", "job", "assigner=o2o", "schedule=3x"], env=train_env, cwd=tmp_path)
+    assert result.returncode == 0
+    assert "mode: o2o" in result.stdout and "epochs: 36" in result.stdout and "depth: 18" in result.stdout

@@ -1,0 +1,130 @@
+"""The training loop in-process: lr schedule, optimiser groups, checkpoints, repeatability, resume, NaN stop."""
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import date.config  # noqa: F401  (registers the config schema conf/config.yaml builds on)
+from date import checkpoint as ckpt
+from date import engine
+from date.branch_weighting import BranchWeighting
+from date.data.build import build_datasets
+from date.modeling.build import build_detector
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(config, train set of 8 images, val set of 4) from the real synthetic preset."""
+    cache = tmp_path_factory.mktemp("engine_data")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["dataset.num_train=8", "dataset.num_val=4",
+                                                       f"dataset.cache_dir={cache}"])
+    train_set, val_set = build_datasets(cfg.dataset)
+    return cfg, train_set, val_set
+
+
+def _model(cfg, num_classes, seed=0):
+    torch.manual_seed(seed)
+    return build_detector(backbone=cfg.backbone, assigner=cfg.assigner, model=cfg.model, num_classes=num_classes)
+
+
+def _train(setup, run_dir, *, model=None, **overrides):
+    """2 epochs x 4 iterations of batch 2 on the CPU."""
+    cfg, train_set, val_set = setup
+    args = dict(model=model or _model(cfg, train_set.num_classes), train_set=train_set, val_set=val_set,
+                run_dir=run_dir, device=torch.device("cpu"), amp=False, seed=0, batch_size=2, num_workers=0,
+                epochs=2, lr_steps=[1], warmup_iters=2, warmup_ratio=0.1, max_iters=None, lr=4e-4,
+                weight_decay=1e-4, backbone_lr_mult=0.1, clip_grad_norm=0.1, branch_weighting=BranchWeighting(),
+                loss_weights=dict(cfg.model.loss_weights), eval_every=1, checkpoint_every_iters=0, log_every=1)
+    args.update(overrides)
+    return engine.train(**args)
+
+
+def test_lr_factor_warmup_then_steps():
+    f = lambda it: engine.lr_factor(it, warmup_iters=10, warmup_ratio=0.001, milestones=[20, 30])  # noqa: E731
+    assert f(0) == pytest.approx(0.001)
+    assert f(5) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert f(10) == f(19) == 1.0
+    assert f(20) == pytest.approx(0.1) and f(29) == pytest.approx(0.1)
+    assert f(30) == pytest.approx(0.01)
+
+
+def test_optimizer_groups(setup):
+    cfg, train_set, _ = setup
+    model = _model(cfg, train_set.num_classes)
+    opt = engine.build_optimizer(model, lr=1.0, weight_decay=0.5, backbone_lr_mult=0.1)
+    by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        group = by_id[id(p)]
+        assert group["lr"] == (0.1 if name.startswith("backbone.body.") else 1.0), name
+        assert group["weight_decay"] == (0.0 if p.ndim <= 1 else 0.5), name
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_checkpoint_is_atomic_and_loads_weights_only(tmp_path):
+    path = tmp_path / "last.pth"
+    ckpt.save_atomic({"x": torch.arange(3), "rng": ckpt.rng_state(), "name": "a", "n": [1, 2.5, None]}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary left behind
+    assert ckpt.load(path)["x"].tolist() == [0, 1, 2]
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ckpt.CheckpointError, match="last.pth"):
+        ckpt.load(path)
+
+
+def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
+    ckpt.save_atomic({"rng": ckpt.rng_state()}, tmp_path / "rng.pth")
+    draws = (random.random(), np.random.rand(), torch.rand(1).item())
+    ckpt.set_rng_state(ckpt.load(tmp_path / "rng.pth")["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == draws
+
+
+def test_same_seed_same_run_and_resume_matches(setup, tmp_path, monkeypatch, one_thread):
+    """Two identical runs agree exactly; a run stopped after a mid-epoch checkpoint and resumed agrees too."""
+    first = _train(setup, tmp_path / "a", checkpoint_every_iters=3)
+    assert set(first) >= {"val/AP", "val/AP50", "val/APl", "val/ARl", "train/loss"}
+    assert _train(setup, tmp_path / "b") == first
+
+    real_total_loss, calls = engine.total_loss, []
+
+    def dies_at_iteration_8(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt  # stands in for a kill: nothing after it runs
+        return real_total_loss(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "total_loss", dies_at_iteration_8)
+    with pytest.raises(KeyboardInterrupt):
+        _train(setup, tmp_path / "c", checkpoint_every_iters=3)
+    monkeypatch.setattr(engine, "total_loss", real_total_loss)
+    saved = ckpt.load(tmp_path / "c" / ckpt.LAST)
+    assert (saved["global_iter"], saved["epoch"], saved["iter_in_epoch"]) == (6, 1, 2)  # mid-epoch
+    torch.manual_seed(123)  # the resumed process starts from other RNG states; the checkpoint restores them
+    assert _train(setup, tmp_path / "c", checkpoint_every_iters=3, resume_from=saved,
+                  model=_model(setup[0], setup[1].num_classes, seed=5)) == first
+
+
+def test_nan_loss_stops_naming_iteration_and_term_without_checkpoint(setup, tmp_path, monkeypatch, one_thread):
+    cfg, train_set, _ = setup
+    model = _model(cfg, train_set.num_classes)
+    real_forward, calls = model.forward, []
+
+    def forward(images, targets):  # the model's third forward returns a NaN o2m/iou term
+        calls.append(1)
+        terms = real_forward(images, targets)
+        if len(calls) == 3:
+            terms["o2m/iou"] = terms["o2m/iou"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(model, "forward", forward)
+    with pytest.raises(engine.NonFiniteLossError) as info:
+        _train(setup, tmp_path, model=model, checkpoint_every_iters=2)
+    message = str(info.value)
+    assert "iteration 3 " in message and "o2m/iou is nan" in message and "last.pth" in message
+    saved = ckpt.load(tmp_path / ckpt.LAST)
+    assert saved["global_iter"] == 2 and not saved["finished"]  # the last good checkpoint, untouched
+    assert not (tmp_path / ckpt.FINAL).exists()
