@@ -148,7 +148,10 @@ def _train(cfg, resolved, run_dir, device, dist_info, tracker, resume_from, trai
         num_workers=cfg.num_workers, epochs=cfg.schedule.epochs, lr_steps=list(cfg.schedule.lr_steps),
         warmup_iters=cfg.schedule.warmup_iters, warmup_ratio=cfg.schedule.warmup_ratio,
         max_iters=cfg.schedule.max_iters, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-        backbone_lr_mult=cfg.optim.backbone_lr_mult, clip_grad_norm=cfg.optim.clip_grad_norm,
+        # The reduced backbone lr protects pretrained features (DATE); a backbone learning from scratch
+        # has nothing to protect and trains at the full lr.
+        backbone_lr_mult=cfg.optim.backbone_lr_mult if str(cfg.backbone.weights) != "none" else 1.0,
+        clip_grad_norm=cfg.optim.clip_grad_norm,
         branch_weighting=BranchWeighting(**branch_weighting_kwargs(cfg.branch_weighting)),
         loss_weights=dict(cfg.model.loss_weights), eval_every=cfg.eval_every,
         checkpoint_every_iters=cfg.checkpoint_every_iters, log_every=cfg.log_every, dist_info=dist_info,

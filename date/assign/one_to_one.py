@@ -16,6 +16,8 @@ from torch import Tensor
 
 from date.box_ops import batched_pairwise_iou
 
+OUTSIDE_QUALITY = -1.0
+
 
 @torch.no_grad()
 def poto_quality(
@@ -40,7 +42,7 @@ def poto_quality(
         points (Tensor[N, 2]), strides (Tensor[N]): location centres and their level's stride.
         gt_boxes (Tensor[B, M, 4]), gt_labels (Tensor[B, M]) (padding entries may hold anything valid).
     Returns:
-        Tensor[B, N, M] float32, zero outside the centre regions.
+        Tensor[B, N, M] float32, OUTSIDE_QUALITY (-1) outside the centre regions.
     """
     B, N, _ = cls_logits.shape
     M = gt_boxes.shape[1]
@@ -54,7 +56,11 @@ def poto_quality(
     p = points[None, :, None, :]
     in_center = ((p > lo) & (p < hi)).all(dim=-1)  # [B, N, M]
 
-    return prob.pow(1 - alpha) * iou.pow(alpha) * in_center
+    quality = prob.pow(1 - alpha) * iou.pow(alpha)
+    # Outside the centre region Q = -1 (DeFCN's value) rather than 0: early in training predicted boxes
+    # overlap no gt, every Q inside the region is 0 too, and with 0 outside the matching could pick any
+    # location in the image; -1 keeps the positive inside its object's centre region.
+    return quality.masked_fill(~in_center, OUTSIDE_QUALITY)
 
 
 def match_one_to_one(quality: Tensor) -> Tensor:

@@ -34,7 +34,7 @@ class DatasetConfig:
     # synthetic: cache folder (null: $DATE_DATA_CACHE, else ~/.cache/date) and generation parameters
     cache_dir: Optional[str] = None
     seed: int = 0
-    num_train: int = 384
+    num_train: int = 256
     num_val: int = 96
     image_size: int = 128
     num_classes: int = 6
@@ -45,7 +45,7 @@ class DatasetConfig:
     max_aspect_ratio: float = 4.0
     cluster_prob: float = 0.4
     min_cluster_size: float = 16.0
-    min_visible: float = 0.3
+    min_visible: float = 0.5
     min_inside: float = 0.5
     border_prob: float = 0.25
     max_distractors: int = 6
