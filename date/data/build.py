@@ -34,7 +34,7 @@ class DatasetConfig:
     # synthetic: cache folder (null: $DATE_DATA_CACHE, else ~/.cache/date) and generation parameters
     cache_dir: Optional[str] = None
     seed: int = 0
-    num_train: int = 256
+    num_train: int = 192
     num_val: int = 96
     image_size: int = 128
     num_classes: int = 6

@@ -80,7 +80,7 @@ class SyntheticParams:
     """
 
     seed: int = 0
-    num_train: int = 256
+    num_train: int = 192
     num_val: int = 96
     image_size: int = 128
     num_classes: int = 6
