@@ -64,3 +64,20 @@ def point_to_box_distances(points: Tensor, boxes: Tensor) -> Tensor:
         [x - boxes[:, None, :, 0], y - boxes[:, None, :, 1], boxes[:, None, :, 2] - x, boxes[:, None, :, 3] - y],
         dim=-1,
     )
+
+
+def in_center_region(points: Tensor, strides: Tensor, boxes: Tensor, radius: float) -> Tensor:
+    """Whether each point lies in each box's centre region: the box centre +- radius * (the point's
+    stride), clipped to the box (FCOS centre sampling, POTO's centre prior).
+
+    Args:
+        points (Tensor[N, 2]); strides (Tensor[N]); boxes (Tensor[B, M, 4]).
+    Returns:
+        Tensor[B, N, M] bool
+    """
+    centers = (boxes[..., :2] + boxes[..., 2:]) / 2  # [B, M, 2]
+    reach = radius * strides[None, :, None, None]  # [1, N, 1, 1]
+    lo = torch.maximum(centers[:, None] - reach, boxes[:, None, :, :2])  # [B, N, M, 2]
+    hi = torch.minimum(centers[:, None] + reach, boxes[:, None, :, 2:])
+    p = points[None, :, None, :]
+    return ((p > lo) & (p < hi)).all(dim=-1)

@@ -6,7 +6,7 @@ Both return matched_gt (LongTensor[B, N]): the gt index each location is positiv
 import torch
 from torch import Tensor
 
-from date.box_ops import batched_pairwise_iou, point_to_box_distances
+from date.box_ops import batched_pairwise_iou, in_center_region, point_to_box_distances
 
 
 @torch.no_grad()
@@ -36,12 +36,7 @@ def fcos_assign(
     if center_sampling_radius is None:
         inside = ltrb.amin(dim=-1) > 0
     else:
-        centers = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # [B, M, 2]
-        radius = center_sampling_radius * strides[None, :, None, None]
-        lo = torch.maximum(centers[:, None] - radius, gt_boxes[:, None, :, :2])  # [B, N, M, 2]
-        hi = torch.minimum(centers[:, None] + radius, gt_boxes[:, None, :, 2:])
-        p = points[None, :, None, :]
-        inside = ((p > lo) & (p < hi)).all(dim=-1)
+        inside = in_center_region(points, strides, gt_boxes, center_sampling_radius)
     max_dist = ltrb.amax(dim=-1)  # [B, N, M]
     in_range = (max_dist >= level_ranges[None, :, None, 0]) & (max_dist <= level_ranges[None, :, None, 1])
     area = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])  # [B, M]

@@ -14,7 +14,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from date.box_ops import batched_pairwise_iou
+from date.box_ops import batched_pairwise_iou, in_center_region
 
 OUTSIDE_QUALITY = -1.0
 
@@ -48,14 +48,7 @@ def poto_quality(
     M = gt_boxes.shape[1]
     prob = cls_logits.float().sigmoid().gather(2, gt_labels[:, None, :].expand(B, N, M))  # [B, N, M]
     iou = batched_pairwise_iou(pred_boxes.float(), gt_boxes.float())  # [B, N, M]
-
-    centers = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # [B, M, 2]
-    radius = center_radius * strides[None, :, None, None]  # [1, N, 1, 1]
-    lo = torch.maximum(centers[:, None] - radius, gt_boxes[:, None, :, :2])  # [B, N, M, 2]
-    hi = torch.minimum(centers[:, None] + radius, gt_boxes[:, None, :, 2:])
-    p = points[None, :, None, :]
-    in_center = ((p > lo) & (p < hi)).all(dim=-1)  # [B, N, M]
-
+    in_center = in_center_region(points, strides, gt_boxes, center_radius)  # [B, N, M]
     quality = prob.pow(1 - alpha) * iou.pow(alpha)
     # Outside the centre region Q = -1 (DeFCN's value) rather than 0: early in training predicted boxes
     # overlap no gt, every Q inside the region is 0 too, and with 0 outside the matching could pick any
