@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -23,7 +21,7 @@ from date.coco_eval import evaluate
 from date.config import ConfigError, amp_setting
 from date.data.build import DatasetConfig, build_datasets, build_eval_loader
 from date.engine import resolve_device, use_amp
-from date.logging_utils import report_error
+from date.logging_utils import errors_as_messages
 from date.modeling.build import build_detector
 from date.train import INPUT_ERRORS
 
@@ -83,13 +81,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> dict[str, float]:
-    try:
+    with errors_as_messages(dict.fromkeys(INPUT_ERRORS, 2)):
         return run(cfg)
-    except INPUT_ERRORS as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        report_error(str(exc))
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -38,10 +41,21 @@ def job_log_file() -> Optional[Path]:
 
 def report_error(message: str) -> None:
     """Show a user-facing error on stderr (no traceback) and record it in the job log file."""
-    import sys
-
     print(f"Error: {message}", file=sys.stderr, flush=True)
     record = logging.LogRecord("date", logging.ERROR, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+
+
+@contextmanager
+def errors_as_messages(exit_codes: Mapping[type, int]):
+    """Turn the listed exception types into a one-paragraph message on stderr and their exit code
+    (instead of a traceback of internals); HYDRA_FULL_ERROR=1 re-raises them for debugging."""
+    try:
+        yield
+    except tuple(exit_codes) as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        report_error(str(exc))
+        sys.exit(next(code for kind, code in exit_codes.items() if isinstance(exc, kind)))

@@ -10,7 +10,6 @@ resumes from ``<run dir>/last.pth`` and continues the same MLflow run.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
 import sys
@@ -33,7 +32,7 @@ from date.config import (ConfigError, amp_setting, branch_weighting_kwargs, flat
 from date.data.build import build_datasets
 from date.data.errors import DatasetError
 from date.distributed import barrier, cleanup, env_info, init_distributed
-from date.logging_utils import job_log_file, quiet_unless_main, report_error
+from date.logging_utils import errors_as_messages, job_log_file, quiet_unless_main
 from date.modeling.backbone import BackboneWeightsError
 from date.modeling.build import build_detector
 from date.tracking import (RUN_ID_FILE, RunTracker, TrackingError, check_reachable, git_commit,
@@ -180,17 +179,8 @@ def _exit_on_sigterm() -> None:
 def main(cfg: DictConfig) -> dict[str, float]:
     _exit_on_sigterm()
     try:
-        return run(cfg)
-    except INPUT_ERRORS as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        report_error(str(exc))
-        sys.exit(2)
-    except engine.NonFiniteLossError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        report_error(str(exc))
-        sys.exit(1)
+        with errors_as_messages({**dict.fromkeys(INPUT_ERRORS, 2), engine.NonFiniteLossError: 1}):
+            return run(cfg)
     finally:
         cleanup()
 
