@@ -91,7 +91,9 @@ def test_json_loads_in_pycocotools_and_perfect_detections_score_ap_1(tmp_path):
 
 
 def test_scene_properties():
-    p = SyntheticParams(image_size=128)
+    # the crowded variant documented in conf/dataset/synthetic.yaml: the generator's full range
+    p = SyntheticParams(image_size=128, max_objects=30, min_object_size=8.0, max_aspect_ratio=4.0,
+                        cluster_prob=0.4, max_distractors=6)
     counts, labels, sides, border = [], set(), [], 0
     for i in range(20):
         image, objects = render_image(p, "train", i)

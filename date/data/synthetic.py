@@ -85,16 +85,16 @@ class SyntheticParams:
     image_size: int = 128
     num_classes: int = 6
     min_objects: int = 3
-    max_objects: int = 30
-    min_object_size: float = 8.0
+    max_objects: int = 12
+    min_object_size: float = 16.0
     max_object_size: float = 128.0
-    max_aspect_ratio: float = 4.0
-    cluster_prob: float = 0.4
+    max_aspect_ratio: float = 2.0
+    cluster_prob: float = 0.2
     min_cluster_size: float = 16.0
     min_visible: float = 0.5
     min_inside: float = 0.5
     border_prob: float = 0.25
-    max_distractors: int = 6
+    max_distractors: int = 3
     noise: float = 8.0
 
     def __post_init__(self) -> None:
