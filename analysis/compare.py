@@ -62,11 +62,11 @@ def build_report(query: RunQuery, *, confidence: float = 0.95) -> Report:
             values = [r.final[metric] for r in variant.runs if metric in r.final]
             if values:
                 final[metric] = stats.summarize(values, confidence=confidence)
-            lacking = [r.run_name or r.run_id for r in variant.runs if metric not in r.final]
+            lacking = [f"{r.run_name or r.run_id} ({r.missing.get(metric, 'not logged')})" for r in variant.runs
+                       if metric not in r.final]
             if lacking:
-                notes.append(f"{_where(variant)}: val/{metric} missing at the last evaluation of "
-                             f"{', '.join(lacking)}; its {metric} uses the other runs only"
-                             + (" (none: not computed)." if not values else "."))
+                notes.append(f"{_where(variant)}: no usable val/{metric} in {', '.join(lacking)}; its {metric} "
+                             "uses the other runs only" + (" (none: not computed)." if not values else "."))
         result = VariantResult(variant=variant, final=final,
                                curve=stats.mean_curve([r.curve for r in variant.runs], confidence=confidence))
         if result.n < 2:

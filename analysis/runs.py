@@ -32,7 +32,8 @@ class RunRecord:
 
     ``groups`` maps each grouping key (a tag name, or ``params.<key>``) to its value ("" when absent);
     ``curve`` maps completed epochs to val/AP; ``final`` maps metric names (AP, AP50, ...) to the value
-    at the run's last evaluation; ``missing`` lists final metrics the run never logged.
+    at the run's last evaluation; ``missing`` maps the final metrics it lacks to why (not logged at
+    that evaluation, or COCOeval's -1: the split has no ground truth of that size).
     """
 
     run_id: str
@@ -41,7 +42,7 @@ class RunRecord:
     groups: Mapping[str, str]
     curve: Mapping[int, float]
     final: Mapping[str, float]
-    missing: tuple[str, ...] = ()
+    missing: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -150,15 +151,18 @@ def _to_record(client, run, group_params: Sequence[str]) -> RunRecord | str:
     # A resumed run never re-logs a step (date.tracking); if a step still repeats, the latest value wins.
     curve = {m.step: m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))}
     last_epoch = max(curve)
-    final, missing = {"AP": curve[last_epoch]}, []
-    for name in FINAL_METRICS[1:]:
-        values = {m.step: m.value for m in sorted(client.get_metric_history(info.run_id, f"val/{name}"),
-                                                  key=lambda m: (m.step, m.timestamp))}
-        if last_epoch in values:
-            final[name] = values[last_epoch]
+    final, missing = {}, {}
+    for name in FINAL_METRICS:
+        values = curve if name == "AP" else {
+            m.step: m.value for m in sorted(client.get_metric_history(info.run_id, f"val/{name}"),
+                                            key=lambda m: (m.step, m.timestamp))}
+        if last_epoch not in values:
+            missing[name] = f"not logged at the last evaluation (epoch {last_epoch})"
+        elif values[last_epoch] < 0:  # COCOeval's marker, not a score: averaging it in would be wrong
+            missing[name] = "-1 from COCOeval (no ground truth of that size in the split)"
         else:
-            missing.append(name)
+            final[name] = values[last_epoch]
     groups = {tag: data.tags.get(tag, "") for tag in GROUP_TAGS}
     groups.update({f"params.{key}": data.params.get(key, "") for key in group_params})
     return RunRecord(run_id=info.run_id, run_name=info.run_name or "", seed=data.tags.get("seed", "?"),
-                     groups=groups, curve=curve, final=final, missing=tuple(missing))
+                     groups=groups, curve=curve, final=final, missing=missing)

@@ -8,12 +8,13 @@ from analysis.tables import to_latex, to_markdown
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def record(assigner, seed, curve, *, schedule="1x", use_3dmf="False", missing=()):
+def record(assigner, seed, curve, *, schedule="1x", use_3dmf="False", missing=None):
+    missing = missing or {}
     final = {m: curve[max(curve)] for m in METRICS if m not in missing}
     groups = {"assigner": assigner, "schedule": schedule, "backbone": "resnet18", "branch_weighting": "equal",
               "dataset": "synthetic", "params.model.use_3dmf": use_3dmf}
     return RunRecord(run_id=f"{assigner}-{seed}-{schedule}", run_name=f"{assigner}_{seed}", seed=str(seed),
-                     groups=groups, curve=curve, final=final, missing=tuple(missing))
+                     groups=groups, curve=curve, final=final, missing=missing)
 
 
 def report_of(records):
@@ -42,13 +43,13 @@ def test_speedup_and_differences():
 
 def test_what_cannot_be_computed_is_said():
     records = [record("o2o", 0, {1: 0.2, 2: 0.4}), record("o2o", 1, {1: 0.2, 2: 0.4}),
-               record("dual", 0, {1: 0.1, 2: 0.3}, missing=("APs",)),
+               record("dual", 0, {1: 0.1, 2: 0.3}, missing={"APs": "-1 from COCOeval (no ground truth of that size)"}),
                record("o2m", 0, {1: 0.1, 2: 0.2}, schedule="3x")]
     report = report_of(records)
     notes = "\n".join(report.notes)
     assert "DATE [schedule 1x]: one run (seed 0): no std, confidence band or p-value." in notes
-    assert "DATE [schedule 1x]: val/APs missing at the last evaluation of dual_0; its APs uses the other runs only " \
-           "(none: not computed)." in notes
+    assert "DATE [schedule 1x]: no usable val/APs in dual_0 (-1 from COCOeval (no ground truth of that size)); " \
+           "its APs uses the other runs only (none: not computed)." in notes
     assert "DATE [schedule 1x]: p-values need >= 2 runs on both sides (1 vs 2 of POTO): differences only." in notes
     assert "DATE [schedule 1x]: its mean val/AP never reaches POTO's final mean AP 40.00 within its 2 epochs" in notes
     assert "FCOS [schedule 3x]: no POTO (o2o) runs in the same setting" in notes
