@@ -36,7 +36,7 @@ from date.data.loader import build_eval_loader
 from date.engine import resolve_device
 from date.evaluate import load_model
 from date.logging_utils import errors_as_messages
-from analysis.variants import PAPER_NAMES
+from analysis.variants import ASSIGNER_ORDER, PAPER_NAMES
 
 MATCH_IOU = 0.5
 
@@ -151,6 +151,8 @@ def to_markdown(rows: Sequence[ModelRow]) -> str:
              "| Model | seed | AP no NMS | AP NMS | ΔAP (NMS − none) | AP50 no NMS | AP50 NMS | dup. rate no NMS "
              "| dup. rate NMS | detections no NMS / NMS | checkpoint |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    order = {a: i for i, a in enumerate(ASSIGNER_ORDER)}
+    rows = sorted(rows, key=lambda r: (order.get(r.variant, len(order)), r.variant, r.seed, r.checkpoint))
     for r in rows:
         lines.append(f"| {r.label} | {r.seed} | {100 * r.ap_raw:.2f} | {100 * r.ap_nms:.2f} | "
                      f"{100 * (r.ap_nms - r.ap_raw):+.2f} | {100 * r.ap50_raw:.2f} | {100 * r.ap50_nms:.2f} | "

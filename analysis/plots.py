@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on clusters
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.compare import Report  # noqa: E402
 
@@ -35,7 +36,7 @@ def convergence_figure(report: Report, out_dir: Path, *, stem: str = "convergenc
             styles[result.label] = ASSIGNER_STYLE.get(result.variant.assigner) if not _is_extra(result, styles) \
                 else next(extra)
     with plt.rc_context(RC):
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.2, 2.9), squeeze=False,
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.2, 3.3), squeeze=False,
                                  constrained_layout=True)
         for ax, panel in zip(axes[0], panels):
             rows = [r for r in report.results if r.variant.panel == panel]
@@ -43,24 +44,32 @@ def convergence_figure(report: Report, out_dir: Path, *, stem: str = "convergenc
                 color, marker, ls = styles[r.label]
                 c = r.curve
                 ax.plot(c.epochs, 100 * c.mean, color=color, marker=marker, linestyle=ls, markersize=3.5,
-                        linewidth=1.4, label=f"{r.label} (n={r.n})")
+                        linewidth=1.4, label=f"{r.label} (n={r.n})", markevery=max(1, len(c.epochs) // 12))
                 band = ~np.isnan(c.low)  # [E] epochs with >= 2 runs
                 if band.any():
                     ax.fill_between(c.epochs[band], 100 * c.low[band], 100 * c.high[band], color=color, alpha=0.18,
                                     linewidth=0)
-            for r in rows:  # the speed-up target: the baseline's final mean AP, and where variants reach it
+            for r in rows:  # the speed-up target: the baseline's final mean AP
                 if r.variant.is_baseline and r.target_ap is not None:
-                    ax.axhline(100 * r.target_ap, color=styles[r.label][0], linewidth=0.8, linestyle=(0, (1, 2)))
-            for r in rows:
-                if r.reach_epoch is not None and not r.variant.is_baseline:
-                    ax.plot([r.reach_epoch], [100 * r.target_ap], marker="|", markersize=10, color=styles[r.label][0])
+                    ax.axhline(100 * r.target_ap, color=styles[r.label][0], linewidth=0.9, linestyle=(0, (1, 2)),
+                               label=f"{r.label} final AP")
             epochs = sorted({int(e) for r in rows for e in r.curve.epochs})
-            ax.set_xticks(epochs if len(epochs) <= 13 else epochs[::max(1, len(epochs) // 12)])
+            if len(epochs) <= 13:
+                ax.set_xticks(epochs)
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+            ax.set_ylim(bottom=0.0)  # AP >= 0: a t-band reaching below 0 is cut at the axis
             ax.set_xlabel("epoch")
             ax.set_ylabel("val AP (COCO, %)")
             ax.set_title(f"schedule {panel}")
             ax.grid(True, linewidth=0.4, alpha=0.5)
-            ax.legend(loc="lower right", frameon=False)
+        # one legend for all panels, below them, so that it never hides a curve
+        handles = {}
+        for ax in axes[0]:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(len(handles), 3),
+                   frameon=False)
         paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
         fig.savefig(paths[0], dpi=200)
         fig.savefig(paths[1])
