@@ -4,8 +4,9 @@
 # this 2-core CPU), then the convergence report and the NMS-free evidence. Expected outcome: README.md.
 #
 #   experiments/convergence_synthetic.sh                      # the experiment (~45-50 min on 2 idle cores)
-#   SCHEDULE=smoke experiments/convergence_synthetic.sh dataset.num_train=8 dataset.num_val=4 batch_size=4
-#                                                             # a 2-minute proof of the pipeline
+#   SCHEDULE=smoke experiments/convergence_synthetic.sh dataset.num_train=16 dataset.num_val=8 batch_size=4 \
+#     num_workers=0 optim.lr=0.02 schedule.epochs=4 schedule.max_iters=16 schedule.lr_steps=[3]
+#                                                             # a ~3-minute proof of the pipeline
 # Extra arguments are Hydra overrides for every run. Environment: PYTHON (python), SCHEDULE (1x),
 # SEEDS (0,1,2), NAME (convergence_synthetic: the run folder and the MLflow experiment), SWEEP_DIR
 # (rerun with the same SWEEP_DIR to resume an interrupted sweep), OUT (<sweep dir>/analysis).
