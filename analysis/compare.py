@@ -111,7 +111,10 @@ def _compare_to_baseline(result: VariantResult, by_variant: dict, variants: Sequ
     if result.reach_epoch is None:
         notes.append(f"{_where(variant)}: its mean val/AP never reaches {baseline.label}'s final mean AP "
                      f"{100 * result.target_ap:.2f} within its {int(result.curve.epochs.max())} epochs: no speed-up.")
-    elif result.baseline_epochs is not None:
+    elif result.baseline_epochs is None:  # its runs differ in length: the last epoch's mean is of fewer runs
+        notes.append(f"{_where(variant)}: {baseline.label}'s mean curve never reaches its own final mean AP (its "
+                     "runs have different lengths): no speed-up.")
+    else:
         result.speedup = stats.speedup(result.baseline_epochs, result.reach_epoch)
 
 
