@@ -200,3 +200,41 @@ def test_imagenet_weights_offline_says_how_to_pass_a_local_file(tmp_path, monkey
         build_resnet_fpn(depth=18, weights="imagenet")
     message = str(error.value)
     assert "backbone.weights=/path/to/resnet18-" in message and "offline" in message
+
+
+def _overlapping_detector(mode):
+    """An untrained detector whose neighbouring locations predict large, overlapping boxes (what an o2m
+    head does around each object), and every detection passes the score threshold."""
+    model = make_detector(mode).eval()
+    branch = model.inference_branch
+    with torch.no_grad():
+        # o2o: ltrb = relu(x) * stride -> 2 strides per side; o2m: ltrb = exp(x) -> ~20 pixels per side
+        model.head.predictors[branch]["box"].bias.fill_(2.0 if branch == "o2o" else 3.0)
+    model.score_thresh = 0.0
+    return model
+
+
+def _same_label_overlaps(pred, thresh):
+    iou = torchvision.ops.box_iou(pred["boxes"], pred["boxes"])
+    same = pred["labels"][:, None] == pred["labels"][None, :]
+    return int(((iou > thresh) & same).triu(diagonal=1).sum())
+
+
+@pytest.mark.parametrize("mode", ["o2o", "o2m", "dual"])
+def test_predict_nms_option_keeps_the_default_and_exposes_raw_detections(mode):
+    model = _overlapping_detector(mode)
+    images, targets = batch()
+    sizes = [t["image_size"] for t in targets]
+    default = model.predict(images, sizes)
+    raw = model.predict(images, sizes, nms=False)
+    suppressed = model.predict(images, sizes, nms=True)
+    same_as_default = suppressed if mode == "o2m" else raw
+    for d, s in zip(default, same_as_default):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(d[key], s[key]), key
+    for r, s in zip(raw, suppressed):
+        assert len(r["scores"]) == model.detections_per_img  # the raw top-k, nothing suppressed
+        assert torch.all(r["scores"][:-1] >= r["scores"][1:])
+        assert _same_label_overlaps(r, model.nms_thresh) > 0  # raw: overlapping same-class boxes
+        assert _same_label_overlaps(s, model.nms_thresh) == 0  # NMS: none left
+        assert len(s["scores"]) <= model.detections_per_img

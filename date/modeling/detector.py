@@ -162,15 +162,21 @@ class DATEDetector(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+    def predict(self, images: Tensor, image_sizes: list[tuple[int, int]], *,
+                nms: bool | None = None) -> list[dict[str, Tensor]]:
         """Detections per image; only the inference branch's predictors run.
 
         Args:
             images (Tensor[B, 3, H, W]); image_sizes: (h, w) of each unpadded image.
+            nms: None = the mode's own inference (NMS for the o2m FCOS baseline, none for o2o/dual).
+                False = the raw top ``detections_per_img`` by score, whatever the branch (analysis of
+                duplicates: what the o2m branch gives before NMS). True = NMS at ``nms_thresh`` on the
+                branch's candidates, whatever the branch.
         Returns:
             Per image "boxes" [K, 4] xyxy in input pixels (clipped), "scores" [K], "labels" [K] int64,
             K <= detections_per_img, sorted by score.
         """
+        use_nms = self.inference_branch == "o2m" if nms is None else bool(nms)
         features = list(self.backbone(images).values())
         out = self.head(features, (self.inference_branch,))[self.inference_branch]
         loc = self._locations(features)
@@ -181,7 +187,7 @@ class DATEDetector(nn.Module):
             scores = torch.sqrt(out["cls"].float().sigmoid() * out["ctr"].float().sigmoid()[..., None])
             per_level = self.nms_topk_candidates
         top_scores, top_loc, top_labels = _top_per_level(scores, loc.level_sizes, per_level)  # [B, K] each
-        if self.inference_branch == "o2o":  # NMS-free: the global top-k is the answer
+        if not use_nms:  # NMS-free: the global top-k is the answer
             top_scores, keep = top_scores.topk(min(self.detections_per_img, top_scores.shape[1]), dim=1)
             top_loc, top_labels = top_loc.gather(1, keep), top_labels.gather(1, keep)
         ltrb = out["ltrb"].float().gather(1, top_loc[..., None].expand(-1, -1, 4))  # [B, K, 4]
@@ -191,7 +197,7 @@ class DATEDetector(nn.Module):
         for i, size in enumerate(image_sizes):
             keep = top_scores[i] > self.score_thresh
             boxes, scores_i, labels = clip_boxes_to_image(top_boxes[i][keep], tuple(size)), top_scores[i][keep], top_labels[i][keep]
-            if self.inference_branch == "o2m":
+            if use_nms:
                 kept = batched_nms(boxes, scores_i, labels, self.nms_thresh)[: self.detections_per_img]
                 boxes, scores_i, labels = boxes[kept], scores_i[kept], labels[kept]
             results.append({"boxes": boxes, "scores": scores_i, "labels": labels})

@@ -1,0 +1,83 @@
+"""Paper figures: val AP against epochs, one panel per schedule, a mean line and a 95% t-band per variant.
+
+Colours are the Okabe-Ito palette (distinguishable with the common colour-vision deficiencies) and
+each variant also gets its own marker and line style, so the figure survives grayscale printing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on clusters
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from analysis.compare import Report  # noqa: E402
+
+# Okabe & Ito (2008); fixed per assigner so a method keeps its colour across figures.
+OKABE_ITO = {"orange": "#E69F00", "sky_blue": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
+             "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "black": "#000000"}
+ASSIGNER_STYLE = {"o2m": (OKABE_ITO["orange"], "s", ":"), "o2o": (OKABE_ITO["blue"], "o", "--"),
+                  "dual": (OKABE_ITO["vermillion"], "^", "-"), "dual_topk": (OKABE_ITO["purple"], "D", "-.")}
+EXTRA_STYLES = [(OKABE_ITO[c], m, ls) for c, m, ls in (("green", "v", "-"), ("sky_blue", "P", "--"),
+                                                          ("black", "X", ":"), ("yellow", "*", "-."))]
+RC = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
+      "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "pdf.fonttype": 42}
+
+
+def convergence_figure(report: Report, out_dir: Path, *, stem: str = "convergence") -> list[Path]:
+    """Write ``<stem>.png`` (200 dpi) and ``<stem>.pdf`` (vector); returns their paths."""
+    panels = report.panels
+    styles, extra = {}, iter(EXTRA_STYLES * 4)
+    for result in report.results:  # same label -> same style in every panel
+        if result.label not in styles:
+            styles[result.label] = ASSIGNER_STYLE.get(result.variant.assigner) if not _is_extra(result, styles) \
+                else next(extra)
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.2, 3.3), squeeze=False,
+                                 constrained_layout=True)
+        for ax, panel in zip(axes[0], panels):
+            rows = [r for r in report.results if r.variant.panel == panel]
+            for r in rows:
+                color, marker, ls = styles[r.label]
+                c = r.curve
+                ax.plot(c.epochs, 100 * c.mean, color=color, marker=marker, linestyle=ls, markersize=3.5,
+                        linewidth=1.4, label=f"{r.label} (n={r.n})", markevery=max(1, len(c.epochs) // 12))
+                band = ~np.isnan(c.low)  # [E] epochs with >= 2 runs
+                if band.any():
+                    ax.fill_between(c.epochs[band], 100 * c.low[band], 100 * c.high[band], color=color, alpha=0.18,
+                                    linewidth=0)
+            for r in rows:  # the speed-up target: the baseline's final mean AP
+                if r.variant.is_baseline and r.target_ap is not None:
+                    ax.axhline(100 * r.target_ap, color=styles[r.label][0], linewidth=0.9, linestyle=(0, (1, 2)),
+                               label=f"{r.label} final AP")
+            epochs = sorted({int(e) for r in rows for e in r.curve.epochs})
+            if len(epochs) <= 13:
+                ax.set_xticks(epochs)
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+            ax.set_ylim(bottom=0.0)  # AP >= 0: a t-band reaching below 0 is cut at the axis
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("val AP (COCO, %)")
+            ax.set_title(f"schedule {panel}")
+            ax.grid(True, linewidth=0.4, alpha=0.5)
+        # one legend for all panels, below them, so that it never hides a curve
+        handles = {}
+        for ax in axes[0]:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(len(handles), 3),
+                   frameon=False)
+        paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+        fig.savefig(paths[0], dpi=200)
+        fig.savefig(paths[1])
+        plt.close(fig)
+    return paths
+
+
+def _is_extra(result, styles: dict) -> bool:
+    """A second variant of the same assigner (e.g. another branch weighting) needs its own style."""
+    style = ASSIGNER_STYLE.get(result.variant.assigner)
+    return style is None or style in styles.values()

@@ -1,0 +1,162 @@
+"""The analysis CLIs on real smoke trainings logged to a real MLflow tracking server on 127.0.0.1.
+
+One module-scoped fixture trains once for every test here: a sweep of {o2o, dual} x seeds {0, 1}
+(so Welch p-values exist) and a single o2m run outside the sweep (a one-seed variant).
+"""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy import stats as scipy_stats
+
+from analysis import convergence, duplicates
+from conftest import REPO, SMOKE, MlflowServer, run_module
+
+EXPERIMENT = "analysis_smoke"
+# SMOKE, with a learning rate high enough that 6 iterations give a non-zero, seed-dependent AP
+# (at the default lr every smoke run scores exactly 0 and no statistic would be tested).
+TRAIN = [*SMOKE, "optim.lr=0.02", "schedule.epochs=3", "schedule.max_iters=6", "schedule.lr_steps=[2]",
+         f"tracking.experiment={EXPERIMENT}"]
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_cache):
+    root = tmp_path_factory.mktemp("analysis")
+    server = MlflowServer(root / "server")
+    server.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HYDRA_", "DATE_"))}
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+               DATE_HOME=str(root / "date_home"), DATE_DATA_CACHE=str(data_cache), OMP_NUM_THREADS="1",
+               MLFLOW_TRACKING_URI=server.url)
+    try:
+        sweep = run_module("date.train", ["-m", "assigner=o2o,dual", "seed=0,1", *TRAIN,
+                                          f"hydra.sweep.dir={root / 'sweep'}"], env=env, cwd=root, timeout=600)
+        assert sweep.returncode == 0, sweep.stderr[-3000:]
+        single = run_module("date.train", ["assigner=o2m", "seed=0", *TRAIN], env=env, cwd=root, timeout=300)
+        assert single.returncode == 0, single.stderr[-3000:]
+        yield {"url": server.url, "root": root, "env": env,
+               "sweep_id": (root / "sweep" / "sweep_id").read_text().strip(),
+               "checkpoints": sorted(root.glob("sweep/*/model_final.pth")) + sorted(root.glob("outputs/**/model_final.pth"))}
+    finally:
+        server.stop()
+
+
+def logged_finals(url, sweep_id=None):
+    """{assigner: {metric: [final value per run]}} read straight from MLflow, independently of analysis.runs."""
+    client = MlflowClient(url)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.sweep_id = '{sweep_id}'" if sweep_id else "")
+    out = {}
+    for run in sorted(runs, key=lambda r: r.data.tags["seed"]):
+        if run.info.status != "FINISHED":
+            continue
+        per_metric = out.setdefault(run.data.tags["assigner"], {})
+        for metric in METRICS:
+            history = client.get_metric_history(run.info.run_id, f"val/{metric}")
+            per_metric.setdefault(metric, []).append(max(history, key=lambda m: m.step).value)
+        per_metric.setdefault("curves", []).append({m.step: m.value for m in client.get_metric_history(
+            run.info.run_id, "val/AP")})
+    return out
+
+
+def test_sweep_report_numbers_are_the_logged_metrics(trained, tmp_path):
+    out = tmp_path / "report"
+    result = run_module("analysis.convergence", ["--tracking-uri", trained["url"], "--experiment", EXPERIMENT,
+                                                 "--sweep-id", trained["sweep_id"], "--out", str(out)],
+                        env=trained["env"], cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("convergence.png", "convergence.pdf", "results.md", "results.tex", "results.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "convergence.pdf").read_bytes().startswith(b"%PDF")
+    logged = logged_finals(trained["url"], trained["sweep_id"])
+    assert sorted(logged) == ["dual", "o2o"]
+    assert any(v > 0 for v in logged["o2o"]["AP"] + logged["dual"]["AP"]), "smoke runs must learn something"
+    report = json.loads((out / "results.json").read_text())
+    by_label = {v["label"]: v for v in report["variants"]}
+    assert set(by_label) == {"POTO", "DATE"}
+    markdown = (out / "results.md").read_text()
+    for label, assigner in (("POTO", "o2o"), ("DATE", "dual")):
+        v = by_label[label]
+        assert v["n"] == 2 and v["seeds"] == ["0", "1"] and v["schedule"] == "smoke"
+        for metric in METRICS:
+            values = logged[assigner][metric]
+            assert v["final"][metric]["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+            assert v["final"][metric]["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+        cells = " | ".join(f"{100 * np.mean(logged[assigner][m]):.2f} ± {100 * np.std(logged[assigner][m], ddof=1):.2f}"
+                           for m in METRICS)
+        assert f"| {label} | 2 | 0,1 | {cells} |" in markdown
+        epochs = sorted(logged[assigner]["curves"][0])
+        assert v["curve"]["epochs"] == epochs == [1, 2, 3]
+        assert v["curve"]["mean"] == pytest.approx([np.mean([c[e] for c in logged[assigner]["curves"]]) for e in epochs])
+    versus = by_label["DATE"]["versus_baseline"]["AP"]
+    assert versus["delta"] == pytest.approx(np.mean(logged["dual"]["AP"]) - np.mean(logged["o2o"]["AP"]))
+    a, b = logged["dual"]["AP"], logged["o2o"]["AP"]
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        assert versus["p"] == "undefined"
+    else:
+        assert versus["p"] == pytest.approx(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert "## Schedule smoke" in markdown and "### Convergence speed" in markdown
+    tex = (out / "results.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"\toprule" in tex and "POTO" in tex
+
+
+def test_single_seed_variant_and_unfinished_runs_are_reported(trained, tmp_path):
+    client = MlflowClient(trained["url"])
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    # a training that has just started: RUNNING, no metrics yet
+    running = client.create_run(exp.experiment_id, run_name="still_running",
+                                tags={"assigner": "dual", "schedule": "smoke", "seed": "7"})
+    out = tmp_path / "report"
+    summary = convergence.main(["--tracking-uri", trained["url"], "--experiment", EXPERIMENT,
+                                "--tag", "schedule=smoke", "--out", str(out)])
+    labels = {v["label"]: v for v in summary["variants"]}
+    assert set(labels) == {"FCOS", "POTO", "DATE"}
+    fcos = labels["FCOS"]
+    logged = logged_finals(trained["url"])["o2m"]
+    assert fcos["n"] == 1 and fcos["final"]["AP"] == {"mean": logged["AP"][0], "std": None, "n": 1, "ci95": None}
+    assert fcos["versus_baseline"]["AP"]["p"] is None
+    notes = "\n".join(summary["notes"])
+    assert "FCOS [schedule smoke]: one run (seed 0): no std, confidence band or p-value." in notes
+    assert f"Excluded run still_running ({running.info.run_id}): status RUNNING (only FINISHED runs are analysed)." in notes
+    assert "p-values need >= 2 runs on both sides (1 vs 2 of POTO)" in notes
+    markdown = (out / "results.md").read_text()
+    assert re.search(r"\| FCOS \| 1 \| 0 \| [0-9.]+ \| ", markdown)  # a mean, no ± std
+    assert re.search(r"\| FCOS \| POTO \| [+-][0-9.]+ \(p n/a\) \|", markdown)
+    assert "status RUNNING" in markdown.split("## Could not compute")[1]
+
+
+def test_no_matching_runs_is_an_error_naming_the_filters(trained, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        convergence.main(["--tracking-uri", trained["url"], "--experiment", EXPERIMENT, "--sweep-id", "nope",
+                          "--tag", "schedule=3x", "--out", "unused"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"No finished runs with val/AP match experiment '{EXPERIMENT}' in {trained['url']}, sweep_id nope, " \
+           "tag schedule=3x." in err
+    with pytest.raises(SystemExit) as exit_info:
+        convergence.main(["--tracking-uri", trained["url"], "--experiment", "nope", "--out", "unused"])
+    assert exit_info.value.code == 2
+    assert f"--experiment nope: no such experiment in {trained['url']}. Experiments there: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        convergence.main(["--tag", "schedule", "--out", "unused"])
+    assert exit_info.value.code == 2 and "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_duplicates_with_and_without_nms(trained, tmp_path):
+    out = tmp_path / "dup"
+    rows = duplicates.main(["--checkpoint", *map(str, trained["checkpoints"]), "--out", str(out)])
+    assert sorted(r.variant for r in rows) == ["dual", "dual", "o2m", "o2o", "o2o"]
+    logged = logged_finals(trained["url"])
+    for row in rows:
+        assert row.images == 4 and 0.0 <= row.duplicate_rate_raw <= 1.0 and 0.0 <= row.duplicate_rate_nms <= 1.0
+        assert row.detections_nms <= row.detections_raw <= 100 * row.images
+        if row.variant != "o2m":  # o2o and DATE infer without NMS: raw detections are what training evaluated
+            assert any(row.ap_raw == pytest.approx(ap, abs=1e-12) for ap in logged[row.variant]["AP"])
+    saved = json.loads((out / "duplicates.json").read_text())
+    assert [r["checkpoint"] for r in saved] == [str(p) for p in trained["checkpoints"]]
+    markdown = (out / "duplicates.md").read_text()
+    assert "| FCOS | 0 |" in markdown and "Mean over the checkpoints of each model:" in markdown

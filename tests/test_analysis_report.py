@@ -1,0 +1,72 @@
+"""Variants, baselines, speed-up and the 'could not compute' notes, on hand-made run records."""
+import pytest
+
+from analysis.compare import build_report
+from analysis.runs import RunQuery, RunRecord
+from analysis.tables import to_latex, to_markdown
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def record(assigner, seed, curve, *, schedule="1x", use_3dmf="False", missing=None):
+    missing = missing or {}
+    final = {m: curve[max(curve)] for m in METRICS if m not in missing}
+    groups = {"assigner": assigner, "schedule": schedule, "backbone": "resnet18", "branch_weighting": "equal",
+              "dataset": "synthetic", "params.model.use_3dmf": use_3dmf}
+    return RunRecord(run_id=f"{assigner}-{seed}-{schedule}", run_name=f"{assigner}_{seed}", seed=str(seed),
+                     groups=groups, curve=curve, final=final, missing=missing)
+
+
+def report_of(records):
+    return build_report(RunQuery(uri="sqlite:///x.db", experiment="date", records=records))
+
+
+def test_speedup_and_differences():
+    records = [record("o2o", 0, {1: 0.10, 2: 0.20, 3: 0.30, 4: 0.40}),
+               record("o2o", 1, {1: 0.12, 2: 0.22, 3: 0.32, 4: 0.42}),
+               record("dual", 0, {1: 0.30, 2: 0.41, 3: 0.45, 4: 0.50}),
+               record("dual", 1, {1: 0.30, 2: 0.43, 3: 0.47, 4: 0.52})]
+    report = report_of(records)
+    o2o, dual = report.results  # POTO before DATE
+    assert (o2o.label, dual.label) == ("POTO", "DATE")
+    assert o2o.target_ap == pytest.approx(0.41)
+    assert (o2o.baseline_epochs, o2o.reach_epoch, o2o.speedup) == (4, 4, 1.0)
+    assert dual.reach_epoch == 2 and dual.speedup == 2.0  # mean 0.42 at epoch 2 >= 0.41
+    assert dual.versus["AP"].delta == pytest.approx(0.10)
+    assert dual.versus["AP"].p is not None
+    assert report.notes == []
+    md = to_markdown(report)
+    assert "| DATE | 51.00 ± 1.41 | 41.00 | 4 | 2 | 2.00× |" in md
+    assert "Nothing: every number above was computed." in md
+    assert r"DATE & 51.00 $\pm$ 1.41 & 41.00 & 4 & 2 & 2.00$\times$ \\" in to_latex(report)
+
+
+def test_what_cannot_be_computed_is_said():
+    records = [record("o2o", 0, {1: 0.2, 2: 0.4}), record("o2o", 1, {1: 0.2, 2: 0.4}),
+               record("dual", 0, {1: 0.1, 2: 0.3}, missing={"APs": "-1 from COCOeval (no ground truth of that size)"}),
+               record("o2m", 0, {1: 0.1, 2: 0.2}, schedule="3x")]
+    report = report_of(records)
+    notes = "\n".join(report.notes)
+    assert "DATE [schedule 1x]: one run (seed 0): no std, confidence band or p-value." in notes
+    assert "DATE [schedule 1x]: no usable val/APs in dual_0 (-1 from COCOeval (no ground truth of that size)); " \
+           "its APs uses the other runs only (none: not computed)." in notes
+    assert "DATE [schedule 1x]: p-values need >= 2 runs on both sides (1 vs 2 of POTO): differences only." in notes
+    assert "DATE [schedule 1x]: its mean val/AP never reaches POTO's final mean AP 40.00 within its 2 epochs" in notes
+    assert "FCOS [schedule 3x]: no POTO (o2o) runs in the same setting" in notes
+    assert "POTO [schedule 1x]: both sides have zero variance" not in notes  # a baseline is not compared to itself
+    dual = next(r for r in report.results if r.label == "DATE")
+    assert dual.speedup is None and dual.versus["AP"].p is None and "APs" not in dual.final
+    md = to_markdown(report)
+    assert "| DATE | 1 | 0 | 30.00 | 30.00 | 30.00 | – | 30.00 | 30.00 |" in md
+    assert "| DATE | POTO | -10.00 (p n/a) |" in md
+    assert "never (≤ 2)" in md
+
+
+def test_3dmf_variants_get_their_own_baseline():
+    records = [record("o2o", s, {1: 0.3}, use_3dmf=u) for s in (0, 1) for u in ("False", "True")]
+    records += [record("dual", s, {1: 0.35}, use_3dmf=u) for s in (0, 1) for u in ("False", "True")]
+    report = report_of(records)
+    labels = {r.label: r for r in report.results}
+    assert set(labels) == {"POTO", "POTO + 3DMF", "DATE", "DATE + 3DMF"}
+    assert labels["DATE + 3DMF"].baseline.label == "POTO + 3DMF"
+    assert labels["DATE"].baseline.label == "POTO"
