@@ -37,8 +37,10 @@ class SweepJobsFailed(CompactHydraException):
 
 
 def _task_rank() -> int:
-    """This task's global rank inside a multi-task SLURM job (SLURM_PROCID), 0 elsewhere."""
-    return int(os.environ.get("SLURM_PROCID", 0)) if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" else 0
+    """This task's global rank in its submitit job (``__call__`` runs inside one, SLURM or local)."""
+    import submitit
+
+    return submitit.JobEnvironment().global_rank
 
 
 def _error_line(stderr_log: Path) -> str:
