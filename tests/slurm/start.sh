@@ -36,7 +36,9 @@ for f in "$SLURM_CONF_FILE" "$DBD_CONF_FILE"; do
     die "$f exists and was not written by this script; move it away to use the test cluster"
   fi
 done
-real_memory=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
+# the node as slurmd sees it (CPUs, sockets, cores, threads, RealMemory): a configuration that differs
+# from the hardware makes slurmd register fewer CPUs. (Not `nproc`: it honours OMP_NUM_THREADS.)
+hardware=$(slurmd -C | head -1 | sed 's/^NodeName=[^ ]* //')
 mkdir -p /etc/slurm
 cat > "$SLURM_CONF_FILE" <<CONF
 $MARKER
@@ -68,7 +70,7 @@ SlurmctldPidFile=$PIDS/slurmctld.pid
 SlurmdPidFile=$PIDS/slurmd.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd.log
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$real_memory State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 $hardware State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 PartitionName=lowprio Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=20
 CONF
