@@ -1,11 +1,14 @@
 """Process-group set-up for DDP from torchrun-style environment variables.
 
-torchrun (and the SLURM launcher, through submitit's TorchDistributedEnvironment) export RANK,
-WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; with WORLD_SIZE unset or 1 everything here is a
-no-op and the run is a plain single process.
+torchrun exports RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT itself; inside a submitit
+job (``hydra/launcher=slurm`` with tasks_per_node / nodes > 1) :func:`env_info` first derives them
+from SLURM's variables with submitit's TorchDistributedEnvironment. With WORLD_SIZE unset or 1
+everything here is a no-op and the run is a plain single process.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from dataclasses import dataclass
 
@@ -25,8 +28,31 @@ class DistInfo:
         return self.rank == 0
 
 
+log = logging.getLogger(__name__)
+
+
+def export_submitit_env() -> None:
+    """Inside a submitit job, export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT for its tasks.
+
+    A no-op outside submitit (``submitit.JobEnvironment()`` raises there) and when the variables are
+    already set (torchrun, or a second call). CUDA_VISIBLE_DEVICES is left as SLURM set it: each task
+    picks ``cuda:<local rank>`` among the job's GPUs (see engine.resolve_device).
+    """
+    if "RANK" in os.environ:
+        return
+    try:
+        import submitit
+
+        submitit.JobEnvironment()
+    except (ImportError, RuntimeError):  # not running inside a submitit job
+        return
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def env_info() -> DistInfo:
-    """Rank, world size and local rank from the environment (all 0 / 1 when not distributed)."""
+    """Rank, world size and local rank from the environment (all 0 / 1 when not distributed); inside
+    a submitit job they are first exported from SLURM's variables."""
+    export_submitit_env()
     return DistInfo(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)),
                     local_rank=int(os.environ.get("LOCAL_RANK", 0)))
 
@@ -40,6 +66,25 @@ def init_distributed(*, device: torch.device) -> DistInfo:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://",
                                 rank=info.rank, world_size=info.world_size)
     return info
+
+
+def replica_checksums(module: torch.nn.Module) -> list[str]:
+    """SHA-1 of each rank's parameters, indexed by rank (one entry when not distributed).
+
+    DDP keeps the replicas identical by averaging gradients; different checksums at the end of
+    training mean they diverged (a parameter outside the autograd graph, a rank-dependent update).
+    Buffers are left out: BatchNorm running statistics legitimately differ between ranks.
+    """
+    digest = hashlib.sha1()
+    for name, param in module.named_parameters():
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    mine = digest.hexdigest()[:16]
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return gathered
 
 
 def barrier() -> None:

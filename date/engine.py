@@ -28,9 +28,10 @@ from date import checkpoint as ckpt
 from date.coco_eval import predict_coco, score
 from date.config import ConfigError
 from date.data.build import build_eval_loader, build_train_loader
-from date.distributed import DistInfo, barrier
+from date.distributed import DistInfo, barrier, replica_checksums
 from date.logging_utils import train_line
 from date.losses import total_loss
+from date.preemption import CheckpointSignal
 from date.tracking import RunTracker
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,14 @@ def lr_factor(it: int, *, warmup_iters: int, warmup_ratio: float, milestones: Se
 
 
 def resolve_device(device: str, *, local_rank: int = 0) -> torch.device:
-    """"auto" -> cuda:<local rank> if CUDA is available, else cpu."""
+    """"auto" -> cuda:<local rank> if CUDA is available, else cpu.
+
+    A process that sees a single GPU (SLURM binding one GPU per task) uses it whatever its local rank.
+    """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
-        device = f"cuda:{local_rank}"
+        device = f"cuda:{0 if torch.cuda.device_count() == 1 else local_rank}"
     return torch.device(device)
 
 
@@ -107,7 +111,8 @@ def train(*, model: nn.Module, train_set, val_set, run_dir: Path, device: torch.
           clip_grad_norm: Optional[float], branch_weighting: Callable[[float], Mapping[str, float]],
           loss_weights: Mapping[str, float], eval_every: int, checkpoint_every_iters: int, log_every: int,
           dist_info: DistInfo = DistInfo(), tracker: Optional[RunTracker] = None,
-          resume_from: Optional[dict] = None, config: Optional[dict] = None) -> dict[str, float]:
+          resume_from: Optional[dict] = None, config: Optional[dict] = None,
+          preemption: Optional[CheckpointSignal] = None) -> dict[str, float]:
     """Train ``model`` and return the final metrics ({"val/AP": ..., ..., "train/loss": ...}).
 
     Args:
@@ -124,6 +129,8 @@ def train(*, model: nn.Module, train_set, val_set, run_dir: Path, device: torch.
         tracker: the MLflow run (rank 0; None elsewhere or without tracking).
         resume_from: a loaded last.pth to continue from.
         config: the resolved config as a plain dict, stored in checkpoints.
+        preemption: SLURM's checkpoint signal (date.preemption); once received, training writes
+            last.pth at the next iteration boundary and hands over to submitit, which requeues the job.
     """
     run_dir = Path(run_dir)
     main = dist_info.is_main
@@ -223,6 +230,13 @@ def train(*, model: nn.Module, train_set, val_set, run_dir: Path, device: torch.
                 g = state["global_iter"]
                 if g >= total_iters:
                     break
+                if preemption is not None and preemption.requested(device):
+                    # state is that of the iteration boundary: this batch is drawn again after the resume
+                    save_last()
+                    log.info("Checkpoint written for requeueing: %s at epoch %d iter %d (global iteration %d/%d)",
+                             run_dir / ckpt.LAST, epoch, it, g, total_iters)
+                    bar.close()
+                    preemption.hand_over()
                 branch_weights = branch_weighting(g / total_iters)
                 images = images.to(device, non_blocking=True)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
@@ -303,6 +317,14 @@ def train(*, model: nn.Module, train_set, val_set, run_dir: Path, device: torch.
                       "once the server is back to send them.", tracker.num_pending, tracker.uri, run_dir / ckpt.LAST)
         save_last(finished=True)
     barrier()
+    if dist_info.world_size > 1:  # DDP replicas must end identical; say so in every rank's log
+        checksums = replica_checksums(model)
+        log.info("Weights checksum of rank %d of %d: %s", dist_info.rank, dist_info.world_size,
+                 checksums[dist_info.rank])
+        if main and len(set(checksums)) == 1:
+            log.info("Weights identical on all %d ranks (checksum %s)", dist_info.world_size, checksums[0])
+        elif main:
+            log.error("Weights differ between ranks (checksums by rank: %s): the DDP replicas diverged.", checksums)
     log.info("Training done in %.1f s: %s", time.perf_counter() - start_time,
              "  ".join(f"{k} {v:.4f}" for k, v in state["metrics"].items()))
     return dict(state["metrics"])

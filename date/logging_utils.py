@@ -24,10 +24,26 @@ def train_line(*, eta_s: float, iteration: int, total_iters: int, loss: float, t
     return "  ".join(parts)
 
 
-def quiet_unless_main(*, is_main: bool) -> None:
-    """Non-main DDP processes share the job log: keep only their warnings and errors."""
-    if not is_main:
-        logging.getLogger().setLevel(logging.WARNING)
+def log_to_rank_file(rank: int) -> Optional[Path]:
+    """Give a DDP process other than rank 0 its own job log: ``train.log`` -> ``train_rank<r>.log``.
+
+    Every process of a torchrun or multi-task SLURM job runs the same Hydra task, so Hydra points all
+    of their file handlers at the one job log; rank 0 keeps it. Returns the file this process logs to.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            if rank == 0:
+                return Path(handler.baseFilename)
+            path = Path(handler.baseFilename)
+            own = logging.FileHandler(path.with_name(f"{path.stem}_rank{rank}{path.suffix}"))
+            own.setLevel(handler.level)
+            own.setFormatter(handler.formatter)
+            root.removeHandler(handler)
+            handler.close()
+            root.addHandler(own)
+            return Path(own.baseFilename)
+    return None
 
 
 def job_log_file() -> Optional[Path]:

@@ -32,9 +32,10 @@ from date.config import (ConfigError, amp_setting, branch_weighting_kwargs, flat
 from date.data.build import build_datasets
 from date.data.errors import DatasetError
 from date.distributed import barrier, cleanup, env_info, init_distributed
-from date.logging_utils import errors_as_messages, job_log_file, quiet_unless_main
+from date.logging_utils import errors_as_messages, job_log_file, log_to_rank_file
 from date.modeling.backbone import BackboneWeightsError
 from date.modeling.build import build_detector
+from date.preemption import checkpoint_on_signal
 from date.tracking import (RUN_ID_FILE, RunTracker, TrackingError, check_reachable, git_commit,
                            read_or_create_sweep_id, resolve_uri)
 
@@ -68,9 +69,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     dist_info = env_info()
     device = engine.resolve_device(cfg.device, local_rank=dist_info.local_rank)
     init_distributed(device=device)
-    quiet_unless_main(is_main=dist_info.is_main)
+    log_to_rank_file(dist_info.rank)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     log.info("Run dir: %s", run_dir)
+    if dist_info.world_size > 1:
+        log.info("DDP: rank %d of world size %d (local rank %d), %s backend, device %s", dist_info.rank,
+                 dist_info.world_size, dist_info.local_rank, torch.distributed.get_backend(), device)
 
     resume_from = None
     if cfg.resume and (run_dir / ckpt.LAST).exists():
@@ -108,7 +112,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 tracker.flush_until(engine.FINAL_FLUSH_S)
                 _finish(tracker, run_dir, resolved)
             return dict(resume_from.get("metrics", {}))
-        metrics = _train(cfg, resolved, run_dir, device, dist_info, tracker, resume_from, *datasets)
+        with checkpoint_on_signal() as preemption:  # SLURM preemption / time limit: save, requeue, resume
+            metrics = _train(cfg, resolved, run_dir, device, dist_info, tracker, resume_from, *datasets,
+                             preemption=preemption)
     except BaseException as exc:
         if tracker is not None:
             tracker.flush_until(10.0)
@@ -131,7 +137,8 @@ def _datasets(cfg, dist_info):
     return train_set, val_set
 
 
-def _train(cfg, resolved, run_dir, device, dist_info, tracker, resume_from, train_set, val_set) -> dict[str, float]:
+def _train(cfg, resolved, run_dir, device, dist_info, tracker, resume_from, train_set, val_set, *,
+           preemption=None) -> dict[str, float]:
     if tracker is not None:
         tracker.log_params(flatten(resolved))
 
@@ -154,7 +161,7 @@ def _train(cfg, resolved, run_dir, device, dist_info, tracker, resume_from, trai
         branch_weighting=BranchWeighting(**branch_weighting_kwargs(cfg.branch_weighting)),
         loss_weights=dict(cfg.model.loss_weights), eval_every=cfg.eval_every,
         checkpoint_every_iters=cfg.checkpoint_every_iters, log_every=cfg.log_every, dist_info=dist_info,
-        tracker=tracker, resume_from=resume_from, config=resolved)
+        tracker=tracker, resume_from=resume_from, config=resolved, preemption=preemption)
 
 
 def _finish(tracker: RunTracker, run_dir: Path, resolved: dict, status: str = "FINISHED") -> None:

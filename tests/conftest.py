@@ -6,6 +6,7 @@ temporary directories, never into ~/.local/share/date or ~/.cache/date.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,30 @@ REPO = Path(__file__).resolve().parents[1]
 # A training run of a few seconds: 8 + 4 synthetic images, 2 epochs x 2 iterations, eval at each epoch.
 SMOKE = ["schedule=smoke", "dataset.num_train=8", "dataset.num_val=4", "batch_size=4", "num_workers=0",
          "log_every=1"]
+
+
+# hydra/launcher=slurm sized for the local test cluster (tests/slurm/start.sh): CPU jobs of one core and
+# 2 GB; timeout_min >= 15 so that submitit reads USR2 as a preemption, not a time-out.
+SLURM_CPU = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.tasks_per_node=1",
+             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=15"]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """The local SLURM cluster must be up for tests marked `slurm`: they fail (not skip) without it."""
+    problem = None
+    if shutil.which("sinfo") is None:
+        problem = "sinfo is not installed"
+    else:
+        result = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, timeout=30)
+        states = result.stdout.split()
+        if result.returncode != 0:
+            problem = f"sinfo failed: {result.stderr.strip()[:300]}"
+        elif not states or not all(s in ("idle", "mix", "alloc") for s in states):
+            problem = f"no usable node (sinfo node states: {states})"
+    if problem:
+        pytest.fail(f"{problem}: start the local SLURM with tests/slurm/start.sh (as root; stop it with "
+                    "tests/slurm/stop.sh). .ci/run does both.", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""DDP on the CPU: two gloo processes started by torchrun train one run, rank 0 alone logs and saves."""
+"""DDP on the CPU: two gloo processes started by torchrun train one run, rank 0 alone logs to MLflow and saves."""
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -15,6 +15,8 @@ def test_two_process_cpu_run(tmp_path, train_env):
     assert result.returncode == 0, result.stderr[-3000:]
     log = (tmp_path / "run" / "train.log").read_text()
     assert "4 images per step" in log and log.count("Evaluation after epoch 2") == 1
+    assert "Weights identical on all 2 ranks" in log  # DDP kept the replicas in sync
+    assert "DDP: rank 1 of world size 2" in (tmp_path / "run" / "train_rank1.log").read_text()  # its own log
     assert "val/AP" in ckpt.load(tmp_path / "run" / ckpt.FINAL)["metrics"]
     client = MlflowClient(train_env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("date").experiment_id])

@@ -1,0 +1,124 @@
+"""Hydra launchers for ``hydra/launcher=slurm`` and ``hydra/launcher=local``: the submitit plugin's,
+plus an end-of-sweep report and one writer of Hydra's per-run files.
+
+What the plugin's launcher (hydra-submitit-launcher 1.2) does not do, and these subclasses add:
+
+* It returns on the first failed job, with submitit's exception, while the other jobs still run.
+  :meth:`_SweepReport.launch` waits for every job of the array, prints where the results are and one
+  status line per job (a failed one with its error and its log, ``.submitit/<id>/<id>_0_log.err``),
+  then fails the sweep naming the failed jobs. Results of the jobs that finished are kept.
+* Every task of a multi-task job (``tasks_per_node`` > 1: one process per GPU) runs the whole Hydra
+  task and would rewrite ``<run dir>/.hydra/``; only rank 0 writes it here.
+
+Submission itself, the executor parameters and ``checkpoint()`` (resubmit the same Hydra job after
+preemption or a time limit; the task resumes from its last.pth: date/preemption.py) are the plugin's.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import List, Sequence
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.errors import CompactHydraException
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from omegaconf import OmegaConf
+
+from date.tracking import SWEEP_ID_FILE, resolve_uri
+
+log = logging.getLogger(__name__)
+
+
+class SweepJobsFailed(CompactHydraException):
+    """Some jobs of a sweep failed (Hydra prints only this message, no traceback of internals)."""
+
+
+def _task_rank() -> int:
+    """This task's global rank in its submitit job (``__call__`` runs inside one, SLURM or local)."""
+    import submitit
+
+    return submitit.JobEnvironment().global_rank
+
+
+def _error_line(stderr_log: Path) -> str:
+    """The user-facing error of a failed job: its last "Error: ..." line (date.logging_utils.report_error),
+    else the last line of its error log (the exception of a traceback)."""
+    try:
+        lines = [line.strip() for line in stderr_log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return f"no error log at {stderr_log}"
+    errors = [line for line in lines if line.startswith("Error: ")]
+    line = errors[-1] if errors else (lines[-1] if lines else "the error log is empty")
+    return line if len(line) <= 400 else line[:400] + " ..."
+
+
+class _SweepReport:
+    """Mixed into the plugin's launchers (see the module docstring)."""
+
+    def __call__(self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str,
+                 singleton_state: dict) -> JobReturn:
+        if _task_rank() > 0:  # rank 0 alone writes <run dir>/.hydra (a hydra.* override: not in the run name)
+            sweep_overrides = [*sweep_overrides, "hydra.output_subdir=null"]
+        return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        jobs = self._submit(job_overrides, initial_job_idx)
+        returns, lines, failed = [], [], []
+        for idx, (overrides, job) in enumerate(zip(job_overrides, jobs), start=initial_job_idx):
+            name = f"#{idx} {' '.join(filter_overrides(overrides)) or '(no overrides)'} (job {job.job_id})"
+            try:
+                ret = job.results()[0]  # every task's result; task 0 is the one that logs
+            except Exception as exc:  # killed, out of memory, or exited without a result (input errors)
+                ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED,
+                                _return_value=RuntimeError(str(exc).splitlines()[0]))
+            returns.append(ret)
+            if ret.status == JobStatus.COMPLETED:
+                lines.append(f"  COMPLETED  {name}: {ret.hydra_cfg.hydra.runtime.output_dir}")
+            else:
+                reason = _error_line(job.paths.stderr)
+                failed.append(f"{name}: {reason} (log: {job.paths.stderr})")
+                lines.append(f"  FAILED     {name}: {reason}\n             log: {job.paths.stderr}")
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        sweep_id_file = sweep_dir / SWEEP_ID_FILE
+        sweep_id = sweep_id_file.read_text().strip() if sweep_id_file.exists() else "?"
+        log.info("Sweep finished: %d of %d jobs completed. Results in %s; MLflow %s, experiment %r, tag "
+                 "sweep_id=%s\n%s", len(jobs) - len(failed), len(jobs), sweep_dir,
+                 resolve_uri(self.config.tracking.uri), self.config.tracking.experiment, sweep_id, "\n".join(lines))
+        if failed:
+            raise SweepJobsFailed(f"{len(failed)} of {len(jobs)} jobs of the sweep failed (the others' results are "
+                                  "kept):\n  " + "\n  ".join(failed))
+        return returns
+
+    def _submit(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+        """Submit one job array, as the plugin's ``launch`` does (hydra-submitit-launcher 1.2.0); returns
+        the submitit jobs instead of waiting for the first one."""
+        import submitit
+
+        init_keys = {"submitit_folder", "max_num_timeout"}
+        executor = submitit.AutoExecutor(
+            cluster=self._EXECUTOR, folder=self.params["submitit_folder"],
+            **{f"{self._EXECUTOR}_max_num_timeout": self.params[k] for k in ["max_num_timeout"] if k in self.params})
+        base_keys = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in base_keys else f"{self._EXECUTOR}_{k}": v
+                                      for k, v in self.params.items() if k not in init_keys})
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        log.info("Submitit '%s' sweep output dir: %s", self._EXECUTOR, sweep_dir)
+        args = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+            args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+        return executor.map_array(self, *zip(*args))
+
+
+class SlurmLauncher(_SweepReport, plugin.SlurmLauncher):
+    """``hydra/launcher=slurm`` (conf/hydra/launcher/slurm.yaml): one SLURM job array per sweep."""
+
+
+class LocalLauncher(_SweepReport, plugin.LocalLauncher):
+    """``hydra/launcher=local`` (conf/hydra/launcher/local.yaml): the same jobs as processes on this machine."""
