@@ -30,11 +30,12 @@ from torchvision.ops import batched_nms, box_iou
 
 from date import checkpoint as ckpt
 from date.coco_eval import coco_stats, to_coco_results
-from date.data.build import DatasetConfig, build_datasets
+from date.data.build import build_datasets
+from date.data.coco import CocoDetection
 from date.data.errors import DatasetError
 from date.data.loader import build_eval_loader
 from date.engine import resolve_device
-from date.evaluate import load_model
+from date.evaluate import checkpoint_dataset_config, load_model
 from date.logging_utils import errors_as_messages
 from analysis.variants import ASSIGNER_ORDER, PAPER_NAMES
 
@@ -107,12 +108,26 @@ def variant_of(config: dict) -> str:
     return "dual_topk" if mode == "dual" and assigner.get("o2m") == "topk" else mode
 
 
+class ValSets:
+    """Validation sets by dataset config: the checkpoints of one sweep share theirs, built (and
+    validated) once instead of once per checkpoint."""
+
+    def __init__(self) -> None:
+        self._sets: dict[str, CocoDetection] = {}
+
+    def __call__(self, dataset_cfg) -> CocoDetection:
+        key = json.dumps(OmegaConf.to_container(dataset_cfg, resolve=True), sort_keys=True)
+        if key not in self._sets:
+            self._sets[key] = build_datasets(dataset_cfg)[1]
+        return self._sets[key]
+
+
 @torch.no_grad()
-def analyse_checkpoint(path: Path, *, device: torch.device, batch_size: int, num_workers: int) -> ModelRow:
+def analyse_checkpoint(path: Path, *, device: torch.device, batch_size: int, num_workers: int,
+                       val_sets: Optional[ValSets] = None) -> ModelRow:
     saved = ckpt.load(path)
     config = saved.get("config") or {}
-    dataset_cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig), config.get("dataset", {}))
-    _, val_set = build_datasets(dataset_cfg)
+    val_set = (val_sets or ValSets())(checkpoint_dataset_config(saved))
     model = load_model(saved, num_classes=val_set.num_classes).to(device).eval()
     nms_thresh = float(config["model"]["nms_thresh"])
     raw_records, nms_records, image_ids = [], [], []
@@ -195,8 +210,9 @@ def main(argv: Optional[Sequence[str]] = None) -> list[ModelRow]:
     args = parse_args(argv)
     with errors_as_messages({ckpt.CheckpointError: 2, DatasetError: 2}):
         device = resolve_device(args.device)
-        rows = [analyse_checkpoint(p, device=device, batch_size=args.batch_size, num_workers=args.num_workers)
-                for p in args.checkpoint]
+        val_sets = ValSets()
+        rows = [analyse_checkpoint(p, device=device, batch_size=args.batch_size, num_workers=args.num_workers,
+                                   val_sets=val_sets) for p in args.checkpoint]
     args.out.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(rows)
     (args.out / "duplicates.md").write_text(markdown)

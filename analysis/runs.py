@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from date.tracking import GROUP_TAGS  # the config-group tags date.train writes on every run
+
 # The COCO numbers reported per variant (keys of date.coco_eval.STAT_NAMES, logged as val/<name>).
 FINAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-# Tags date.train writes on every run that say which configuration group option it used.
-GROUP_TAGS = ("assigner", "schedule", "backbone", "branch_weighting", "dataset")
 # Params that also define a variant (DATE-F-3DMF vs DATE-F); --group-param adds more.
 GROUP_PARAMS = ("model.use_3dmf",)
 _TAG_KEY = re.compile(r"^[A-Za-z0-9_.\-/ ]+$")
@@ -140,6 +140,13 @@ def _search_all(client, experiment_id: str, filter_str: str) -> list:
             return runs
 
 
+def _history(client, run_id: str, key: str) -> dict[int, float]:
+    """{step: value} of one metric. A resumed run never re-logs a step (date.tracking); if a step
+    still repeats, the latest value wins."""
+    history = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    return {m.step: m.value for m in history}
+
+
 def _to_record(client, run, group_params: Sequence[str]) -> RunRecord | str:
     """The run as a record, or the reason it cannot be used."""
     info, data = run.info, run.data
@@ -147,15 +154,11 @@ def _to_record(client, run, group_params: Sequence[str]) -> RunRecord | str:
         return f"status {info.status} (only FINISHED runs are analysed)"
     if "val/AP" not in data.metrics:
         return "no val/AP logged"
-    history = client.get_metric_history(info.run_id, "val/AP")
-    # A resumed run never re-logs a step (date.tracking); if a step still repeats, the latest value wins.
-    curve = {m.step: m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))}
+    curve = _history(client, info.run_id, "val/AP")
     last_epoch = max(curve)
     final, missing = {}, {}
     for name in FINAL_METRICS:
-        values = curve if name == "AP" else {
-            m.step: m.value for m in sorted(client.get_metric_history(info.run_id, f"val/{name}"),
-                                            key=lambda m: (m.step, m.timestamp))}
+        values = curve if name == "AP" else _history(client, info.run_id, f"val/{name}")
         if last_epoch not in values:
             missing[name] = f"not logged at the last evaluation (epoch {last_epoch})"
         elif values[last_epoch] < 0:  # COCOeval's marker, not a score: averaging it in would be wrong

@@ -56,15 +56,16 @@ def load_model(saved: dict, *, num_classes: int) -> nn.Module:
     return model
 
 
+def checkpoint_dataset_config(saved: dict) -> DictConfig:
+    """The ``dataset`` node a checkpoint was trained with, over the schema's defaults."""
+    return OmegaConf.merge(OmegaConf.structured(DatasetConfig), (saved.get("config") or {}).get("dataset", {}))
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise ConfigError("No checkpoint given: pass checkpoint=<path of model_final.pth or last.pth>.")
     saved = ckpt.load(Path(cfg.checkpoint).expanduser())
-    if cfg.dataset is not None:
-        dataset_cfg = cfg.dataset
-    else:
-        dataset_cfg = OmegaConf.merge(OmegaConf.structured(DatasetConfig),
-                                      (saved.get("config") or {}).get("dataset", {}))
+    dataset_cfg = cfg.dataset if cfg.dataset is not None else checkpoint_dataset_config(saved)
     _, val_set = build_datasets(dataset_cfg)
     model = load_model(saved, num_classes=val_set.num_classes)
     device = resolve_device(cfg.device)

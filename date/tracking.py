@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
 SWEEP_ID_FILE = "sweep_id"
+# Config groups whose chosen option is tagged on every run (the analysis groups runs by them).
+GROUP_TAGS = ("assigner", "schedule", "backbone", "branch_weighting", "dataset")
 PROBE_TIMEOUT_S = 5.0
 
 

@@ -36,14 +36,13 @@ from date.logging_utils import errors_as_messages, job_log_file, log_to_rank_fil
 from date.modeling.backbone import BackboneWeightsError
 from date.modeling.build import build_detector
 from date.preemption import checkpoint_on_signal
-from date.tracking import (RUN_ID_FILE, RunTracker, TrackingError, check_reachable, git_commit,
+from date.tracking import (GROUP_TAGS, RUN_ID_FILE, RunTracker, TrackingError, check_reachable, git_commit,
                            read_or_create_sweep_id, resolve_uri)
 
 log = logging.getLogger("date.train")
 
 # Errors caused by the user's input: reported as a message, exit code 2.
 INPUT_ERRORS = (ConfigError, DatasetError, TrackingError, ckpt.CheckpointError, BackboneWeightsError)
-TAG_GROUPS = ("assigner", "schedule", "backbone", "branch_weighting", "dataset")
 
 
 def seed_everything(seed: int) -> None:
@@ -99,7 +98,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             run_id = resume_from.get("mlflow_run_id")
         elif cfg.resume and (run_dir / RUN_ID_FILE).exists():  # killed before its first checkpoint
             run_id = (run_dir / RUN_ID_FILE).read_text().strip()
-        tags = {group: str(hc.runtime.choices.get(group)) for group in TAG_GROUPS}
+        tags = {group: str(hc.runtime.choices.get(group)) for group in GROUP_TAGS}
         tags.update(seed=str(cfg.seed), sweep_id=_sweep_id(hc), git_commit=git_commit())
         tracker = RunTracker.start(uri=uri, experiment=cfg.tracking.experiment, run_dir=run_dir,
                                    run_name=run_dir.name, tags=tags, run_id=run_id)
