@@ -4,7 +4,7 @@
     python -m analysis.convergence --experiment date --tag schedule=1x --tag dataset=synthetic --out DIR
 
 Reads the runs from MLflow (``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the suite's
-embedded store: ``python -m date.tracking``), groups them into variants (assigner x the other group
+embedded store: ``python -m date.runtime.tracking``), groups them into variants (assigner x the other group
 tags x 3DMF, see analysis/variants.py) and writes to ``--out``:
 ``convergence.png`` / ``.pdf`` (val AP vs epoch, mean and 95% t-band over seeds, one panel per
 schedule), ``results.md`` / ``.tex`` / ``.json`` (final metrics, difference to POTO with Welch's p,
@@ -23,8 +23,8 @@ from analysis.compare import build_report
 from analysis.runs import GROUP_PARAMS, AnalysisError, query_runs
 from analysis.plots import convergence_figure
 from analysis.tables import to_json, to_latex, to_markdown
-from date.logging_utils import errors_as_messages
-from date.tracking import resolve_uri
+from date.runtime.logs import errors_as_messages
+from date.runtime.tracking import resolve_uri
 
 
 def tag_filter(text: str) -> tuple[str, str]:

@@ -28,15 +28,15 @@ from omegaconf import OmegaConf
 from torch import Tensor
 from torchvision.ops import batched_nms, box_iou
 
-from date import checkpoint as ckpt
 from date.coco_eval import coco_stats, to_coco_results
-from date.data.build import build_datasets
+from date.data.build import build_val_dataset
 from date.data.coco import CocoDetection
 from date.data.errors import DatasetError
 from date.data.loader import build_eval_loader
-from date.engine import resolve_device
-from date.evaluate import checkpoint_dataset_config, load_model
-from date.logging_utils import errors_as_messages
+from date.modeling.build import checkpoint_config, detector_from_checkpoint
+from date.runtime import checkpoint as ckpt
+from date.runtime.distributed import resolve_device
+from date.runtime.logs import errors_as_messages
 from analysis.variants import ASSIGNER_ORDER, PAPER_NAMES
 
 MATCH_IOU = 0.5
@@ -116,9 +116,9 @@ class ValSets:
         self._sets: dict[str, CocoDetection] = {}
 
     def __call__(self, dataset_cfg) -> CocoDetection:
-        key = json.dumps(OmegaConf.to_container(dataset_cfg, resolve=True), sort_keys=True)
+        key = json.dumps(OmegaConf.to_container(dataset_cfg, resolve=True, enum_to_str=True), sort_keys=True)
         if key not in self._sets:
-            self._sets[key] = build_datasets(dataset_cfg)[1]
+            self._sets[key] = build_val_dataset(dataset_cfg)
         return self._sets[key]
 
 
@@ -127,8 +127,8 @@ def analyse_checkpoint(path: Path, *, device: torch.device, batch_size: int, num
                        val_sets: Optional[ValSets] = None) -> ModelRow:
     saved = ckpt.load(path)
     config = saved.get("config") or {}
-    val_set = (val_sets or ValSets())(checkpoint_dataset_config(saved))
-    model = load_model(saved, num_classes=val_set.num_classes).to(device).eval()
+    val_set = (val_sets or ValSets())(checkpoint_config(saved).dataset)
+    model = detector_from_checkpoint(saved, num_classes=val_set.num_classes).to(device).eval()
     nms_thresh = float(config["model"]["nms_thresh"])
     raw_records, nms_records, image_ids = [], [], []
     raw_counts = nms_counts = MatchCounts(0, 0, 0)

@@ -7,13 +7,12 @@ KILLED, or without any ``val/AP``) are returned separately with the reason, so t
 from __future__ import annotations
 
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from date.tracking import GROUP_TAGS  # the config-group tags date.train writes on every run
+# GROUP_TAGS: the config-group tags date.train writes on every run
+from date.runtime.tracking import GROUP_TAGS, TrackingError, check_reachable
 
 # The COCO numbers reported per variant (keys of date.coco_eval.STAT_NAMES, logged as val/<name>).
 FINAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -91,14 +90,11 @@ def check_store(uri: str) -> None:
         if not path.exists():
             raise AnalysisError(f"No MLflow store at {path} ({uri}). Train first (python -m date.train), or pass "
                                 "--tracking-uri / set MLFLOW_TRACKING_URI to the store the runs were logged to.")
-    elif uri.startswith(("http://", "https://")):
+    else:
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
-        except urllib.error.HTTPError:
-            return  # it answered
-        except (urllib.error.URLError, OSError) as exc:
-            raise AnalysisError(f"The MLflow tracking server {uri} is unreachable ({getattr(exc, 'reason', exc)}). "
-                                "Start it or pass --tracking-uri with a reachable one.") from None
+            check_reachable(uri)
+        except TrackingError as exc:
+            raise AnalysisError(f"{exc} For the analysis: pass --tracking-uri with a reachable store.") from None
 
 
 def query_runs(*, uri: str, experiment: str, sweep_ids: Sequence[str] = (), tags: Mapping[str, str] | None = None,
@@ -141,7 +137,7 @@ def _search_all(client, experiment_id: str, filter_str: str) -> list:
 
 
 def _history(client, run_id: str, key: str) -> dict[int, float]:
-    """{step: value} of one metric. A resumed run never re-logs a step (date.tracking); if a step
+    """{step: value} of one metric. A resumed run never re-logs a step (date.runtime.tracking); if a step
     still repeats, the latest value wins."""
     history = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
     return {m.step: m.value for m in history}

@@ -14,13 +14,13 @@ import json
 import statistics
 import time
 from contextlib import contextmanager, nullcontext
-from types import SimpleNamespace
 
 import torch
+from hydra import compose, initialize
 from torchvision.models.detection import fcos_resnet50_fpn
 
-import date.modeling.detector as detector_module
-from date.modeling import build_detector
+import date.config  # noqa: F401  (registers the schema conf/config.yaml builds on)
+from date.modeling.build import build_criterion, build_detector
 
 NUM_CLASSES = 80
 
@@ -46,15 +46,15 @@ def make_batch(batch: int, size: tuple[int, int], device: torch.device, seed: in
     return images.to(device), targets
 
 
-def build_date(device: torch.device) -> torch.nn.Module:
-    return build_detector(
-        backbone=SimpleNamespace(depth=50, weights="none", fpn_channels=256),
-        assigner=SimpleNamespace(mode="dual", o2m="fcos", poto_alpha=0.8, poto_center_radius=1.5,
-                                 fcos_center_sampling=None, topk=10, topk_alpha=0.5, topk_beta=6.0),
-        model=SimpleNamespace(num_convs=4, use_3dmf=False, prior_prob=0.01, size_of_interest=[64, 128, 256, 512],
-                              score_thresh=0.01, topk_candidates=100, detections_per_img=100, nms_thresh=0.6),
-        num_classes=NUM_CLASSES,
-    ).to(device)
+# DATE R50-FPN as `python -m date.train` composes it, with COCO's FCOS level ranges
+OVERRIDES = ["backbone=resnet50", "assigner=dual", "dataset.size_of_interest=[64,128,256,512]"]
+
+
+def build_date(device: torch.device):
+    """(detector on ``device``, criterion), from the same config as training."""
+    with initialize(config_path="../conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=OVERRIDES)
+    return build_detector(cfg, num_classes=NUM_CLASSES).to(device), build_criterion(cfg)
 
 
 def build_tv_fcos(device: torch.device, size: tuple[int, int]) -> torch.nn.Module:
@@ -81,7 +81,7 @@ def timed(fn, device, warmup: int, iters: int) -> list[float]:
     return times
 
 
-def train_step_fn(model, images, targets, autocast, is_date: bool):
+def train_step_fn(model, images, targets, autocast, criterion=None):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     model.train()
     mean = torch.tensor([0.485, 0.456, 0.406], device=images.device)[:, None, None]
@@ -91,8 +91,10 @@ def train_step_fn(model, images, targets, autocast, is_date: bool):
 
     def step():
         with autocast():
-            losses = model(normalised, targets) if is_date else model(list(images), tv_targets)
-            loss = sum(losses.values())
+            if criterion is not None:  # DATE
+                loss = criterion(*model(normalised), targets, 0.5).total
+            else:
+                loss = sum(model(list(images), tv_targets).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -119,28 +121,25 @@ def infer_fn(model, images, autocast, is_date: bool):
 
 
 @contextmanager
-def assignment_timer(device: torch.device, totals: list[float]):
-    """Time the detector's assignment calls (synchronising around them) for the share measurement."""
-    names = ["poto_quality", "match_one_to_one_batched", "fcos_assign", "topk_assign"]
-    originals = {name: getattr(detector_module, name) for name in names}
+def assignment_timer(criterion, device: torch.device, totals: list[float]):
+    """Time the criterion's assigner calls (synchronising around them) for the share measurement."""
+    originals = dict(criterion.assigners)
 
-    def wrap(fn):
-        def timed_fn(*args, **kwargs):
+    def timed_assigner(assign):
+        def call(*args, **kwargs):
             sync(device)
             start = time.perf_counter()
-            result = fn(*args, **kwargs)
+            result = assign(*args, **kwargs)
             sync(device)
             totals.append(time.perf_counter() - start)
             return result
-        return timed_fn
+        return call
 
-    for name, fn in originals.items():
-        setattr(detector_module, name, wrap(fn))
+    criterion.assigners = {name: timed_assigner(a) for name, a in originals.items()}
     try:
         yield
     finally:
-        for name, fn in originals.items():
-            setattr(detector_module, name, fn)
+        criterion.assigners = originals
 
 
 def main(argv=None) -> dict:
@@ -170,7 +169,8 @@ def main(argv=None) -> dict:
         return torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else nullcontext()
 
     torch.manual_seed(0)
-    models = {"date": build_date(device), "tv_fcos": build_tv_fcos(device, size)}
+    date_model, criterion = build_date(device)
+    models = {"date": date_model, "tv_fcos": build_tv_fcos(device, size)}
     if args.channels_last:
         models = {k: m.to(memory_format=torch.channels_last) for k, m in models.items()}
     images, targets = make_batch(batch, size, device)
@@ -178,12 +178,12 @@ def main(argv=None) -> dict:
                "size": list(size), "batch": batch, "amp_bf16": args.amp, "torch": torch.__version__}
 
     for name, model in models.items():
-        step = train_step_fn(model, images, targets, autocast, is_date=name == "date")
+        step = train_step_fn(model, images, targets, autocast, criterion=criterion if name == "date" else None)
         times = timed(step, device, warmup, iters)
         results[f"{name}_train_img_per_s"] = batch / statistics.median(times)
         if name == "date":
             totals: list[float] = []
-            with assignment_timer(device, totals):
+            with assignment_timer(criterion, device, totals):
                 instrumented = timed(step, device, 0, max(1, iters // 2))
             results["assign_ms_per_step"] = 1e3 * sum(totals) / len(instrumented)
             results["assign_share"] = sum(totals) / sum(instrumented)

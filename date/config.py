@@ -1,26 +1,31 @@
-"""The configuration schema: one dataclass per Hydra config group, plus the top level.
+"""The configuration schema: the one home of every hyperparameter, with its default, its comment and its check.
 
-Registered in Hydra's ConfigStore as ``config_schema`` (first entry of conf/config.yaml's defaults
-list), so a misspelled key or a wrongly typed value fails at composition with Hydra's own message.
-Value ranges (``schedule.epochs=-1``) cannot be expressed as types: :func:`validate` checks them right
-after composition, before anything expensive, and raises one :class:`ConfigError` listing them all.
+Registered in Hydra's ConfigStore as ``config_schema`` (first entry of conf/config.yaml's defaults list).
+A group option (conf/<group>/<option>.yaml) holds only what makes that option different; an experiment
+(conf/experiment/*.yaml) only overrides groups and keys. ``python -m date.train --cfg job`` prints the
+composed result. Hydra refuses unknown keys, wrong types and values outside a closed set (the enums);
+:func:`validate` then checks the ranges written beside each field, before anything expensive, and raises
+one :class:`ConfigError` listing every problem.
 
-Only date/train.py, date/evaluate.py and the builders read these objects; every other module takes
-plain keyword arguments.
+Two groups have their schema next to the code they configure: ``dataset`` (date.data.build.DatasetConfig,
+whose generation fields are date.data.synthetic.SyntheticParams) and ``branch_weighting``
+(date.branch_weighting.BranchWeighting, the schedule object itself).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import II, MISSING, DictConfig, OmegaConf
 
-from date.branch_weighting import O2M_SCHEDULES, BranchWeighting
-from date.data.build import DatasetConfig
+from date.branch_weighting import BranchWeighting
+from date.choice import Choice
+from date.data.build import Augmentation, DatasetConfig
 
 LOSS_TERMS = ("o2o/cls", "o2o/l1", "o2o/giou", "o2m/cls", "o2m/iou", "o2m/ctr")
 # Keys that may differ when a run resumes (they do not change what is trained, or only how it runs).
@@ -34,107 +39,165 @@ class ConfigError(ValueError):
     """A composed configuration that is well-typed but makes no sense (a value out of range, ...)."""
 
 
+class Mode(Choice):
+    """Which branches train: the FCOS baseline, the POTO baseline, or DATE (both; o2o alone at inference)."""
+
+    o2m = "o2m"
+    o2o = "o2o"
+    dual = "dual"
+
+
+class O2MRule(Choice):
+    """The one-to-many assignment: FCOS's (inside the box + level range) or YOLOv10's consistent top-k."""
+
+    fcos = "fcos"
+    topk = "topk"
+
+
+BRANCHES = {Mode.o2m: ("o2m",), Mode.o2o: ("o2o",), Mode.dual: ("o2o", "o2m")}  # what each mode trains
+
+
+def checked(default: Any, ok: Callable[[Any], bool], expected: str) -> Any:
+    """A schema field whose value must satisfy ``ok``; ``expected`` says what it must be (in the error)."""
+    mutable = isinstance(default, (list, dict))
+    kwargs = {"default_factory": lambda: copy.deepcopy(default)} if mutable else {"default": default}
+    return field(metadata={"ok": ok, "expected": expected}, **kwargs)
+
+
+def positive(default: Any) -> Any:
+    return checked(default, lambda v: v > 0, "> 0")
+
+
+def at_least(default: Any, low: int) -> Any:
+    return checked(default, lambda v: v >= low, f">= {low}")
+
+
+def in_unit_interval(default: Any) -> Any:
+    return checked(default, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+
+
+def _weights_ok(value: str) -> bool:
+    return value in ("none", "imagenet") or Path(value).expanduser().is_file()
+
+
 @dataclass
 class BackboneConfig:
-    depth: int = 18
-    weights: str = "none"
-    fpn_channels: int = 128
+    depth: int = checked(MISSING, lambda v: v in (18, 34, 50, 101), "one of 18, 34, 50, 101")  # ResNet depth
+    # none (from scratch) | imagenet (torchvision download) | /path/to/resnetNN.pth (offline clusters)
+    weights: str = checked("none", _weights_ok, "'none', 'imagenet' or the path of an existing .pth file")
+    fpn_channels: int = positive(256)  # FPN and head width D (the paper's 256)
 
 
 @dataclass
 class AssignerConfig:
-    mode: str = "dual"
-    o2m: str = "fcos"
-    poto_alpha: float = 0.8
-    poto_center_radius: float = 1.5
-    fcos_center_sampling: Optional[float] = None
-    topk: int = 10
-    topk_alpha: float = 0.5
-    topk_beta: float = 6.0
+    mode: Mode = MISSING  # branches trained: o2m (FCOS) | o2o (POTO) | dual (DATE)
+    o2m: O2MRule = O2MRule.fcos  # one-to-many rule: fcos | topk
+    poto_alpha: float = in_unit_interval(0.8)  # POTO quality p^(1-alpha) * IoU^alpha
+    poto_center_radius: float = positive(1.5)  # POTO centre prior: gt centre +- radius * the level's stride
+    # FCOS centre sampling radius in strides; null = the whole box (DATE's setting)
+    fcos_center_sampling: Optional[float] = checked(None, lambda v: v is None or v > 0, "null (off) or a radius > 0")
+    topk: int = at_least(10, 1)  # topk rule: positives per gt
+    topk_alpha: float = 0.5  # topk rule: exponent of the classification score
+    topk_beta: float = 6.0  # topk rule: exponent of the IoU
+
+
+def _loss_weights_ok(weights: Any) -> bool:
+    return set(weights) <= set(LOSS_TERMS) and all(w >= 0 for w in weights.values())
 
 
 @dataclass
 class ModelConfig:
-    num_convs: int = 4
-    use_3dmf: bool = False
-    prior_prob: float = 0.01
-    score_thresh: float = 0.01
-    topk_candidates: int = 100
-    detections_per_img: int = 100
-    nms_thresh: float = 0.6
-    size_of_interest: List[float] = MISSING
-    loss_weights: Dict[str, float] = field(default_factory=lambda: {
-        "o2o/cls": 2.0, "o2o/l1": 5.0, "o2o/giou": 2.0, "o2m/cls": 1.0, "o2m/iou": 1.0, "o2m/ctr": 1.0})
-
-
-@dataclass
-class BranchWeightingConfig:
-    """Mirrors date.branch_weighting.BranchWeighting's fields (a test keeps the two in sync)."""
-
-    o2m: float = 1.0
-    o2o: float = 1.0
-    o2m_schedule: str = "constant"
-    o2m_until: float = 1.0
-    o2o_warmup: float = 0.0
+    num_convs: int = at_least(4, 0)  # conv-GN-ReLU blocks in each of the two shared head towers
+    use_3dmf: bool = False  # true: DeFCN's 3D max filtering on the o2o scores (DATE-F-3DMF)
+    prior_prob: float = checked(0.01, lambda v: 0.0 < v < 1.0, "a probability in (0, 1)")  # classifier bias init
+    score_thresh: float = checked(0.01, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")  # inference: drop pairs below
+    topk_candidates: int = at_least(100, 1)  # inference: (location, class) pairs kept per FPN level
+    detections_per_img: int = at_least(100, 1)  # inference: detections kept per image
+    nms_thresh: float = checked(0.6, lambda v: 0.0 < v <= 1.0, "an IoU in (0, 1]")  # NMS IoU, FCOS baseline only
+    # FCOS max(l, t, r, b) boundaries between P3..P7 in input pixels: the dataset's (they scale with the images)
+    size_of_interest: List[float] = II("dataset.size_of_interest")
+    # per-term weights (DATE's table); override as 'model.loss_weights={o2o/cls:2.0,...}'
+    loss_weights: Dict[str, float] = checked(
+        {"o2o/cls": 2.0, "o2o/l1": 5.0, "o2o/giou": 2.0, "o2m/cls": 1.0, "o2m/iou": 1.0, "o2m/ctr": 1.0},
+        _loss_weights_ok, f"weights >= 0 for keys among {list(LOSS_TERMS)}")
 
 
 @dataclass
 class ScheduleConfig:
-    epochs: int = 12
-    lr_steps: List[int] = field(default_factory=lambda: [8, 11])
-    warmup_iters: int = 1000
-    warmup_ratio: float = 0.001
-    augmentation: str = "1x"
-    max_iters: Optional[int] = None
+    epochs: int = at_least(MISSING, 1)  # training epochs
+    lr_steps: List[int] = MISSING  # epochs after which the lr is multiplied by 0.1
+    augmentation: Augmentation = MISSING  # 1x: resize + flip | 3x: DETR-style multi-scale + crop
+    warmup_iters: int = at_least(1000, 0)  # linear warm-up iterations (capped at one epoch on small datasets)
+    warmup_ratio: float = checked(0.001, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")  # lr factor at iteration 0
+    max_iters: Optional[int] = checked(None, lambda v: v is None or v >= 1, "null or >= 1")  # stop early (then evaluate)
+
+    @staticmethod
+    def cross_checks(node: Any) -> list[str]:
+        steps = list(node.lr_steps)
+        if steps == sorted(steps) and all(1 <= e <= node.epochs for e in steps):
+            return []
+        return [f"schedule.lr_steps={steps}: expected increasing epochs within [1, schedule.epochs={node.epochs}]"]
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 4.0e-4
-    weight_decay: float = 1.0e-4
-    backbone_lr_mult: float = 0.1
-    clip_grad_norm: Optional[float] = 0.1
+class OptimConfig:  # AdamW
+    lr: float = positive(4.0e-4)  # for 16 images per step; scaled by batch_size * world_size / 16
+    weight_decay: float = at_least(1.0e-4, 0)  # not applied to norm weights and biases (1-d parameters)
+    # lr multiplier of a pretrained ResNet body (FPN and head: full lr); from scratch the body trains at full lr
+    backbone_lr_mult: float = at_least(0.1, 0)
+    # max L2 norm of all gradients together; null = no clipping
+    clip_grad_norm: Optional[float] = checked(0.1, lambda v: v is None or v > 0, "null (no clipping) or > 0")
 
 
 @dataclass
-class TrackingConfig:
+class TrackingConfig:  # MLflow
+    # null: $MLFLOW_TRACKING_URI, else sqlite:///$DATE_HOME/mlflow.db (DATE_HOME: ~/.local/share/date);
+    # or http://host:port
     uri: Optional[str] = None
-    experiment: str = "date"
+    experiment: str = checked("date", bool, "a non-empty name")  # MLflow experiment name
+
+
+def amp_setting(value: Any) -> str:
+    """Normalise ``amp``: Hydra parses ``amp=true`` as a bool, the str field then holds "True"."""
+    return str(value).strip().lower()
 
 
 @dataclass
 class TrainConfig:
-    backbone: BackboneConfig = MISSING
-    assigner: AssignerConfig = MISSING
-    schedule: ScheduleConfig = MISSING
-    branch_weighting: BranchWeightingConfig = MISSING
-    dataset: DatasetConfig = MISSING
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    assigner: AssignerConfig = field(default_factory=AssignerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    branch_weighting: BranchWeighting = field(default_factory=BranchWeighting)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    name: str = "date"
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"
-    batch_size: int = 8
-    num_workers: int = 2
-    eval_every: int = 1
-    checkpoint_every_iters: int = 0
-    log_every: int = 20
-    resume: bool = True
+    # experiment label: runs go to outputs/<name>/..., sweeps to multirun/<name>/...
+    name: str = checked("date", lambda v: bool(v) and "/" not in v, "a non-empty name without '/'")
+    seed: int = at_least(0, 0)  # seeds torch, numpy, random and the data order; same seed on CPU = same run
+    device: str = checked("auto", lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) is not None,
+                          "auto, cpu, cuda or cuda:N")  # auto: cuda if available, else cpu
+    # bf16 autocast: auto (on with CUDA, off on CPU) | true | false
+    amp: str = checked("auto", lambda v: amp_setting(v) in ("auto", "true", "false"), "auto, true or false")
+    batch_size: int = at_least(8, 1)  # images per process per step
+    num_workers: int = at_least(2, 0)  # data-loading processes per training process (0: the main process)
+    eval_every: int = at_least(1, 1)  # COCO evaluation every N epochs (and always at the end)
+    checkpoint_every_iters: int = at_least(0, 0)  # also write last.pth every N iterations (0: at epoch ends only)
+    log_every: int = at_least(20, 1)  # log line + MLflow train/* metrics every N iterations (and at the last)
+    resume: bool = True  # continue from <run dir>/last.pth if it exists; false: start over there
 
 
 @dataclass
 class EvaluateConfig:
     """Schema of conf/evaluate.yaml (``python -m date.evaluate checkpoint=...``)."""
 
-    checkpoint: str = MISSING
-    dataset: Optional[Dict[str, Any]] = None
-    device: str = "auto"
-    amp: str = "auto"
-    batch_size: int = 8
-    num_workers: int = 2
-    output: Optional[str] = None
+    checkpoint: str = MISSING  # a model_final.pth or last.pth written by date.train (required)
+    dataset: Optional[Dict[str, Any]] = None  # null: the dataset stored in the checkpoint
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    amp: str = "auto"  # bf16 autocast: auto (on with CUDA, off on CPU) | true | false
+    batch_size: int = 8  # images per forward pass
+    num_workers: int = 2  # data-loading processes (0: the main process)
+    output: Optional[str] = None  # also write {"AP": ..., ...} as JSON to this path
 
 
 def register() -> None:
@@ -160,81 +223,40 @@ def run_name(override_dirname: str) -> str:
     return name
 
 
-def amp_setting(value: Any) -> str:
-    """Normalise ``amp``: Hydra parses ``amp=true`` as a bool, the str field then holds "True"."""
-    return str(value).strip().lower()
-
-
-def _check(problems: list[str], ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        problems.append(f"{key}={value!r}: expected {expected}")
+def _problems(node: DictConfig, prefix: str = "") -> list[str]:
+    """The failed checks of a structured node and its structured children (see :func:`checked`)."""
+    schema = OmegaConf.get_type(node)
+    found: list[str] = []
+    for f in fields(schema):
+        if OmegaConf.is_missing(node, f.name):
+            found.append(f"{prefix}{f.name}: not set (pass {prefix}{f.name}=... or pick a group option)")
+            continue
+        value = node[f.name]
+        if isinstance(value, DictConfig) and is_dataclass(OmegaConf.get_type(value)):
+            found += _problems(value, f"{prefix}{f.name}.")
+        elif "ok" in f.metadata and not f.metadata["ok"](value):
+            plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            found.append(f"{prefix}{f.name}={plain!r}: expected {f.metadata['expected']}")
+    if hasattr(schema, "cross_checks"):
+        found += schema.cross_checks(node)
+    return found
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check value ranges of a composed training config; raise ConfigError listing every problem.
-
-    Hydra and the schema already caught unknown keys, unknown group options and wrong types.
-    """
-    p: list[str] = []
-    b, a, m, s, o = cfg.backbone, cfg.assigner, cfg.model, cfg.schedule, cfg.optim
-    _check(p, b.depth in (18, 34, 50, 101), "backbone.depth", b.depth, "one of 18, 34, 50, 101")
-    _check(p, b.fpn_channels > 0, "backbone.fpn_channels", b.fpn_channels, "> 0")
-    if b.weights not in ("none", "imagenet"):
-        _check(p, Path(b.weights).expanduser().is_file(), "backbone.weights", b.weights,
-               "'none', 'imagenet' or the path of an existing .pth file")
-    _check(p, a.mode in ("o2m", "o2o", "dual"), "assigner.mode", a.mode, "one of o2m, o2o, dual")
-    _check(p, a.o2m in ("fcos", "topk"), "assigner.o2m", a.o2m, "one of fcos, topk")
-    _check(p, 0.0 <= a.poto_alpha <= 1.0, "assigner.poto_alpha", a.poto_alpha, "a number in [0, 1]")
-    _check(p, a.poto_center_radius > 0, "assigner.poto_center_radius", a.poto_center_radius, "> 0")
-    _check(p, a.fcos_center_sampling is None or a.fcos_center_sampling > 0, "assigner.fcos_center_sampling",
-           a.fcos_center_sampling, "null (off) or a radius > 0 in strides")
-    _check(p, a.topk >= 1, "assigner.topk", a.topk, ">= 1")
-    _check(p, m.num_convs >= 0, "model.num_convs", m.num_convs, ">= 0")
-    _check(p, 0.0 < m.prior_prob < 1.0, "model.prior_prob", m.prior_prob, "a probability in (0, 1)")
-    _check(p, 0.0 <= m.score_thresh < 1.0, "model.score_thresh", m.score_thresh, "a number in [0, 1)")
-    _check(p, m.topk_candidates >= 1, "model.topk_candidates", m.topk_candidates, ">= 1")
-    _check(p, m.detections_per_img >= 1, "model.detections_per_img", m.detections_per_img, ">= 1")
-    _check(p, 0.0 < m.nms_thresh <= 1.0, "model.nms_thresh", m.nms_thresh, "an IoU in (0, 1]")
-    unknown = sorted(set(m.loss_weights) - set(LOSS_TERMS))
-    _check(p, not unknown, "model.loss_weights", unknown, f"keys among {list(LOSS_TERMS)}")
-    _check(p, all(w >= 0 for w in m.loss_weights.values()), "model.loss_weights", dict(m.loss_weights),
-           "weights >= 0")
-    _check(p, s.epochs >= 1, "schedule.epochs", s.epochs, "an integer >= 1 (e.g. schedule.epochs=12)")
-    _check(p, all(1 <= e <= max(s.epochs, 1) for e in s.lr_steps) and list(s.lr_steps) == sorted(s.lr_steps),
-           "schedule.lr_steps", list(s.lr_steps), f"increasing epochs within [1, schedule.epochs={s.epochs}]")
-    _check(p, s.warmup_iters >= 0, "schedule.warmup_iters", s.warmup_iters, ">= 0")
-    _check(p, 0.0 < s.warmup_ratio <= 1.0, "schedule.warmup_ratio", s.warmup_ratio, "a number in (0, 1]")
-    _check(p, s.augmentation in ("1x", "3x"), "schedule.augmentation", s.augmentation, "'1x' or '3x'")
-    _check(p, s.max_iters is None or s.max_iters >= 1, "schedule.max_iters", s.max_iters, "null or >= 1")
-    _check(p, o.lr > 0, "optim.lr", o.lr, "> 0")
-    _check(p, o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0")
-    _check(p, o.backbone_lr_mult >= 0, "optim.backbone_lr_mult", o.backbone_lr_mult, ">= 0")
-    _check(p, o.clip_grad_norm is None or o.clip_grad_norm > 0, "optim.clip_grad_norm", o.clip_grad_norm,
-           "null (no clipping) or > 0")
+    """Check the ranges of a composed training config; raise ConfigError listing every problem."""
+    problems = _problems(cfg)
     try:
-        BranchWeighting(**branch_weighting_kwargs(cfg.branch_weighting))
+        OmegaConf.to_object(cfg.branch_weighting)  # BranchWeighting checks its own fields
     except ValueError as exc:
-        p.append(f"{exc} (o2m_schedule is one of {O2M_SCHEDULES})")
-    _check(p, cfg.seed >= 0, "seed", cfg.seed, ">= 0")
-    _check(p, re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device) is not None, "device", cfg.device,
-           "auto, cpu, cuda or cuda:N")
-    _check(p, amp_setting(cfg.amp) in ("auto", "true", "false"), "amp", cfg.amp, "auto, true or false")
-    _check(p, cfg.batch_size >= 1, "batch_size", cfg.batch_size, ">= 1")
-    _check(p, cfg.num_workers >= 0, "num_workers", cfg.num_workers, ">= 0")
-    _check(p, cfg.eval_every >= 1, "eval_every", cfg.eval_every, ">= 1 (epochs)")
-    _check(p, cfg.checkpoint_every_iters >= 0, "checkpoint_every_iters", cfg.checkpoint_every_iters,
-           ">= 0 (0: only at the end of each epoch)")
-    _check(p, cfg.log_every >= 1, "log_every", cfg.log_every, ">= 1 (iterations)")
-    _check(p, bool(cfg.tracking.experiment), "tracking.experiment", cfg.tracking.experiment, "a non-empty name")
-    _check(p, bool(cfg.name) and "/" not in cfg.name, "name", cfg.name, "a non-empty name without '/'")
-    if p:
-        raise ConfigError("Invalid configuration: " + "; ".join(p) + ". Fix these values on the command line "
+        problems.append(str(exc))
+    if problems:
+        raise ConfigError("Invalid configuration: " + "; ".join(problems) + ". Fix these values on the command line "
                           "(key=value) or in conf/; `python -m date.train --cfg job` prints the composed config.")
 
 
-def branch_weighting_kwargs(node: Any) -> dict[str, Any]:
-    """The BranchWeighting keyword arguments from the ``branch_weighting`` config node."""
-    return {f.name: node[f.name] for f in fields(BranchWeightingConfig)}
+def resolved_config(cfg: DictConfig) -> dict:
+    """The composed config as plain data (enums as their names): what checkpoints and MLflow params hold."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 def resume_mismatches(saved: dict, current: dict) -> list[str]:

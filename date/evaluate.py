@@ -1,8 +1,8 @@
 """Evaluate a checkpoint alone: ``python -m date.evaluate checkpoint=<model_final.pth | last.pth>``.
 
 The detector and dataset configs are read from the checkpoint (``dataset=<preset> dataset.key=...``
-replaces the dataset). Prints the COCO table and the 12 numbers; bad input ends with a message and
-exit code 2, as in date.train.
+replaces the dataset); only the validation split is built. Prints the 12 COCO numbers; bad input ends
+with a message and exit code 2, as in date.train.
 """
 from __future__ import annotations
 
@@ -13,61 +13,27 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
 
-from date import checkpoint as ckpt
 from date.coco_eval import evaluate
 from date.config import ConfigError, amp_setting
-from date.data.build import DatasetConfig, build_datasets, build_eval_loader
-from date.engine import resolve_device, use_amp
-from date.logging_utils import errors_as_messages
-from date.modeling.build import build_detector
-from date.train import INPUT_ERRORS
+from date.data.build import build_val_dataset
+from date.data.loader import build_eval_loader
+from date.errors import INPUT_ERRORS
+from date.modeling.build import checkpoint_config, detector_from_checkpoint
+from date.runtime import checkpoint as ckpt
+from date.runtime.distributed import resolve_device, use_amp
+from date.runtime.logs import errors_as_messages
 
 log = logging.getLogger("date.evaluate")
-
-
-def _freeze_batchnorm(module: nn.Module) -> None:
-    """BatchNorm2d -> FrozenBatchNorm2d in place (pretrained backbones are trained with frozen BN)."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            setattr(module, name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
-        else:
-            _freeze_batchnorm(child)
-
-
-def load_model(saved: dict, *, num_classes: int) -> nn.Module:
-    """The detector described by a checkpoint's config, with the checkpoint's weights."""
-    config = saved.get("config") or {}
-    if not all(k in config for k in ("backbone", "assigner", "model")):
-        raise ckpt.CheckpointError("The checkpoint holds no training config (backbone / assigner / model); "
-                                   "only checkpoints written by date.train can be evaluated.")
-    backbone = OmegaConf.create({**config["backbone"], "weights": "none"})  # the checkpoint brings the weights
-    model = build_detector(backbone=backbone, assigner=OmegaConf.create(config["assigner"]),
-                           model=OmegaConf.create(config["model"]), num_classes=num_classes)
-    if config["backbone"]["weights"] != "none":
-        _freeze_batchnorm(model.backbone.body)
-    try:
-        model.load_state_dict(saved["model"])
-    except RuntimeError as exc:
-        raise ckpt.CheckpointError(f"The checkpoint's weights do not fit the model of its own config: "
-                                   f"{str(exc).splitlines()[0]}") from None
-    return model
-
-
-def checkpoint_dataset_config(saved: dict) -> DictConfig:
-    """The ``dataset`` node a checkpoint was trained with, over the schema's defaults."""
-    return OmegaConf.merge(OmegaConf.structured(DatasetConfig), (saved.get("config") or {}).get("dataset", {}))
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise ConfigError("No checkpoint given: pass checkpoint=<path of model_final.pth or last.pth>.")
     saved = ckpt.load(Path(cfg.checkpoint).expanduser())
-    dataset_cfg = cfg.dataset if cfg.dataset is not None else checkpoint_dataset_config(saved)
-    _, val_set = build_datasets(dataset_cfg)
-    model = load_model(saved, num_classes=val_set.num_classes)
+    dataset_cfg = cfg.dataset if cfg.dataset is not None else checkpoint_config(saved).dataset
+    val_set = build_val_dataset(dataset_cfg)
+    model = detector_from_checkpoint(saved, num_classes=val_set.num_classes)
     device = resolve_device(cfg.device)
     model.to(device)
     stats, _ = evaluate(model=model, loader=build_eval_loader(val_set, batch_size=cfg.batch_size,

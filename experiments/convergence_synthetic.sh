@@ -23,7 +23,7 @@ OUT=${OUT:-$SWEEP_DIR/analysis}
 
 "$PYTHON" -m date.train -m name="$NAME" tracking.experiment="$NAME" assigner=o2o,dual,o2m seed="$SEEDS" \
   schedule="$SCHEDULE" hydra.sweep.dir="$SWEEP_DIR" "$@"
-# The sweep's id (written by date.tracking.SweepCallback) selects exactly these runs in MLflow.
+# The sweep's id (written by date.runtime.tracking.SweepCallback) selects exactly these runs in MLflow.
 SWEEP_ID=$(cat "$SWEEP_DIR/sweep_id")
 "$PYTHON" -m analysis.convergence --experiment "$NAME" --sweep-id "$SWEEP_ID" --out "$OUT"
 "$PYTHON" -m analysis.duplicates --checkpoint "$SWEEP_DIR"/*/model_final.pth --out "$OUT"

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import SLURM_CPU, SMOKE, run_module
-from date import checkpoint as ckpt
+from date.runtime import checkpoint as ckpt
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 

@@ -3,7 +3,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import SMOKE, run_module
-from date import checkpoint as ckpt
+from date.runtime import checkpoint as ckpt
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import date.config  # noqa: F401  (registers the config schema conf/config.yaml builds on)
-from date import checkpoint as ckpt
+from date.runtime import checkpoint as ckpt
 from date import engine
 from date.branch_weighting import BranchWeighting
 from date.data.build import build_datasets

@@ -8,7 +8,7 @@ import time
 from mlflow.tracking import MlflowClient
 
 from conftest import run_module
-from date import checkpoint as ckpt
+from date.runtime import checkpoint as ckpt
 
 # 2 epochs x 4 iterations of batch 2, a checkpoint every 3 iterations (mid-epoch) and at epoch ends.
 ARGS = ["schedule=smoke", "schedule.max_iters=null", "dataset.num_train=8", "dataset.num_val=4", "batch_size=2",

@@ -6,7 +6,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import free_port
 from date import tracking
-from date.tracking import RunTracker, TrackingError
+from date.runtime.tracking import RunTracker, TrackingError
 
 
 def _steps(uri, run_id, key):

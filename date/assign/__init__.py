@@ -1,5 +1,10 @@
-"""Label assignment: which locations are positives for which ground truths (no gradients)."""
-from date.assign.one_to_many import fcos_assign, topk_assign
-from date.assign.one_to_one import match_one_to_one, match_one_to_one_batched, poto_quality
+"""Label assignment: which locations are positives for which ground truths (no gradients).
 
-__all__ = ["fcos_assign", "match_one_to_one", "match_one_to_one_batched", "poto_quality", "topk_assign"]
+Pure functions (fcos_assign, topk_assign, poto_quality, match_one_to_one*) and the assigner objects the
+criterion is built with (FCOSAssigner, TopKAssigner, POTO).
+"""
+from date.assign.one_to_many import FCOSAssigner, TopKAssigner, fcos_assign, topk_assign
+from date.assign.one_to_one import POTO, match_one_to_one, match_one_to_one_batched, poto_quality
+
+__all__ = ["FCOSAssigner", "POTO", "TopKAssigner", "fcos_assign", "match_one_to_one", "match_one_to_one_batched",
+           "poto_quality", "topk_assign"]

@@ -83,3 +83,49 @@ def topk_assign(
     overlap = iou.masked_fill(~chosen, -1.0)
     best_overlap, matched = overlap.max(dim=2)  # [B, N]
     return matched.masked_fill(best_overlap < 0, -1)
+
+
+class FCOSAssigner:
+    """FCOS's one-to-many rule with its per-level ranges of max(l, t, r, b).
+
+    Args:
+        strides: the stride of each FPN level (P3..P7).
+        size_of_interest: the L-1 boundaries between the levels' ranges, in input pixels.
+        center_sampling_radius: in strides; None = the whole box (DATE's setting).
+    """
+
+    def __init__(self, *, strides: tuple[int, ...], size_of_interest: tuple[float, ...],
+                 center_sampling_radius: float | None):
+        if len(size_of_interest) != len(strides) - 1:
+            raise ValueError(f"size_of_interest needs {len(strides) - 1} boundaries for {len(strides)} levels, "
+                             f"got {list(size_of_interest)}")
+        bounds = [-1.0, *map(float, size_of_interest), float("inf")]
+        self.level_ranges = list(zip(bounds[:-1], bounds[1:]))  # (low, high] of each level
+        self.center_sampling_radius = center_sampling_radius
+
+    def ranges(self, level_sizes: list[int], device: torch.device) -> Tensor:
+        """Tensor[N, 2]: each location's (low, high], for levels of ``level_sizes`` locations (P3 first)."""
+        return torch.cat([torch.tensor(bounds, device=device).expand(n, 2)
+                          for bounds, n in zip(self.level_ranges, level_sizes)])
+
+    @torch.no_grad()
+    def __call__(self, cls_logits: Tensor, pred_boxes: Tensor, loc, gt) -> Tensor:
+        """Prediction-free: only the locations (``points`` [N, 2], ``strides`` [N], ``level_sizes``) and the
+        padded gts (``boxes`` [B, M, 4], ``valid`` [B, M]) count -> LongTensor[B, N]: the gt each location
+        is positive for, or -1."""
+        return fcos_assign(loc.points, loc.strides, self.ranges(loc.level_sizes, loc.points.device), gt.boxes,
+                           gt.valid, center_sampling_radius=self.center_sampling_radius)
+
+
+class TopKAssigner:
+    """YOLOv10's consistent prediction-aware rule: each gt takes its top-k locations by p^alpha * IoU^beta."""
+
+    def __init__(self, *, k: int, alpha: float, beta: float):
+        self.k, self.alpha, self.beta = k, alpha, beta
+
+    @torch.no_grad()
+    def __call__(self, cls_logits: Tensor, pred_boxes: Tensor, loc, gt) -> Tensor:
+        """The one-to-many branch's logits [B, N, C] and boxes [B, N, 4], the locations and the padded gts
+        -> LongTensor[B, N] (see topk_assign)."""
+        return topk_assign(cls_logits, pred_boxes, loc.points, gt.boxes, gt.labels, gt.valid, k=self.k,
+                           alpha=self.alpha, beta=self.beta)

@@ -103,3 +103,25 @@ def match_one_to_one_batched(quality: Tensor, num_gts: Tensor) -> Tensor:
         row_ind, col_ind = linear_sum_assignment(small, maximize=True)
         matched[b, col_ind] = locations[row_ind]
     return torch.from_numpy(matched).to(quality.device)
+
+
+class POTO:
+    """The one-to-one assigner: POTO's quality, then the exact maximum-quality matching per image.
+
+    Args:
+        alpha: quality exponent, Q = p^(1-alpha) * IoU^alpha (assigner.poto_alpha).
+        center_radius: centre prior in strides of each location's level (assigner.poto_center_radius).
+    """
+
+    def __init__(self, *, alpha: float, center_radius: float):
+        self.alpha = alpha
+        self.center_radius = center_radius
+
+    @torch.no_grad()
+    def __call__(self, cls_logits: Tensor, pred_boxes: Tensor, loc, gt) -> Tensor:
+        """The one-to-one branch's logits [B, N, C] and boxes [B, N, 4], the locations (``points`` [N, 2],
+        ``strides`` [N]) and the padded gts (``boxes`` [B, M, 4], ``labels`` [B, M], ``num`` [B])
+        -> LongTensor[B, M]: the location matched to each gt, -1 for padding."""
+        quality = poto_quality(cls_logits, pred_boxes, loc.points, loc.strides, gt.boxes, gt.labels, alpha=self.alpha,
+                               center_radius=self.center_radius)  # [B, N, M]
+        return match_one_to_one_batched(quality, gt.num)

@@ -10,56 +10,51 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
+from date.choice import Choice
+
 from .coco import CocoDetection
 from .errors import DatasetError
-from .loader import build_eval_loader, build_train_loader
-from .transforms import build_transforms
+from .synthetic import SyntheticParams, ensure_synthetic
+from .transforms import Augmentation, build_transforms
 
-__all__ = ["DatasetConfig", "build_datasets", "build_train_loader", "build_eval_loader", "load_dataset_config"]
+__all__ = ["DatasetConfig", "build_datasets", "build_val_dataset"]
 
-KINDS = ("synthetic", "coco", "coco_json")
+
+class DatasetKind(Choice):
+    synthetic = "synthetic"  # the embedded benchmark, generated into the cache
+    coco = "coco"  # COCO 2017 layout under dataset.root
+    coco_json = "coco_json"  # any COCO-format data: two annotation files and their image folders
 
 
 @dataclass
-class DatasetConfig:
-    """Flat schema of the ``dataset`` group; defaults are the CPU-sized synthetic preset."""
+class DatasetConfig(SyntheticParams):
+    """Schema of the ``dataset`` group. Defaults: the CPU-sized synthetic preset (dataset=synthetic).
 
-    kind: str = "synthetic"  # synthetic | coco | coco_json
+    The synthetic generation fields (seed, num_train, ..., noise) are SyntheticParams'; any change to
+    them generates (and caches) a new dataset.
+    """
+
+    kind: DatasetKind = DatasetKind.synthetic  # set by the preset; leave it
     # coco: COCO 2017 layout under root; coco_json: the four paths below
     root: Optional[str] = None
-    train_ann: Optional[str] = None
-    train_images: Optional[str] = None
-    val_ann: Optional[str] = None
-    val_images: Optional[str] = None
-    # synthetic: cache folder (null: $DATE_DATA_CACHE, else ~/.cache/date) and generation parameters
+    train_ann: Optional[str] = None  # training annotation JSON
+    train_images: Optional[str] = None  # folder the training file_names are relative to
+    val_ann: Optional[str] = None  # validation annotation JSON (needs annotations)
+    val_images: Optional[str] = None  # folder the validation file_names are relative to
+    # synthetic: where datasets are cached; null: $DATE_DATA_CACHE, else ~/.cache/date
     cache_dir: Optional[str] = None
-    seed: int = 0
-    num_train: int = 192
-    num_val: int = 96
-    image_size: int = 128
-    num_classes: int = 6
-    min_objects: int = 3
-    max_objects: int = 12
-    min_object_size: float = 16.0
-    max_object_size: float = 128.0
-    max_aspect_ratio: float = 2.0
-    cluster_prob: float = 0.2
-    min_cluster_size: float = 16.0
-    min_visible: float = 0.5
-    min_inside: float = 0.5
-    border_prob: float = 0.25
-    max_distractors: int = 3
-    noise: float = 8.0
-    # transforms (pixels): 1x / eval
-    train_short_sizes: List[int] = field(default_factory=lambda: [128])
-    max_size: int = 128
-    test_short_size: int = 128
-    # transforms: 3x (DETR-style multi-scale + crop)
+    # --- transforms (pixels)
+    train_short_sizes: List[int] = field(default_factory=lambda: [128])  # 1x: short side drawn from this list
+    max_size: int = 128  # cap on the long side, train and test
+    test_short_size: int = 128  # evaluation short side
+    # 3x: short sides (DETR's 480..800 step 32, scaled to 128 px)
     multiscale_short_sizes: List[int] = field(default_factory=lambda: [96, 104, 112, 120, 128])
+    # 3x crop branch: short side before the crop (DETR's 400/500/600), then the [min, max] crop side (384..600)
     multiscale_crop_resize: List[int] = field(default_factory=lambda: [80, 96, 112])
     multiscale_crop_size: List[int] = field(default_factory=lambda: [64, 112])
-    # FCOS scale ranges (max(l, t, r, b) boundaries in input pixels) of P3..P7
-    size_of_interest: List[float] = field(default_factory=lambda: [8.0, 16.0, 32.0, 64.0])
+    # --- model coupling: FCOS max(l,t,r,b) boundaries between P3..P7 in input pixels (COCO's / 4: coarser
+    # ratios leave objects without a positive at 128 px). `python -m date.data.synthetic --stats` shows the use
+    size_of_interest: List[float] = field(default_factory=lambda: [16.0, 32.0, 64.0, 128.0])
 
 
 def _value(cfg: Any, key: str) -> Any:
@@ -89,9 +84,6 @@ def dataset_paths(cfg: Any) -> tuple[Path, Path, Path, Path]:
     """(train_ann, train_images, val_ann, val_images) for ``cfg.kind``; generates the synthetic set."""
     kind = cfg.kind
     if kind == "synthetic":
-        # imported here so that `python -m date.data.synthetic` does not find it imported already
-        from .synthetic import SyntheticParams, ensure_synthetic
-
         root = ensure_synthetic(SyntheticParams.from_config(cfg), cache_dir=cfg.cache_dir)
         return root / "instances_train.json", root, root / "instances_val.json", root
     if kind == "coco":
@@ -109,7 +101,7 @@ def dataset_paths(cfg: Any) -> tuple[Path, Path, Path, Path]:
         keys = ["train_ann", "train_images", "val_ann", "val_images"]
         _require(cfg, keys, kind)
         return tuple(Path(getattr(cfg, k)).expanduser() for k in keys)  # type: ignore[return-value]
-    raise DatasetError(f"dataset.kind={kind!r} is not one of {', '.join(KINDS)}. Pick a preset: "
+    raise DatasetError(f"dataset.kind={kind!r} is not one of {', '.join(k.value for k in DatasetKind)}. Pick a preset: "
                        "dataset=synthetic | synthetic_large | coco | coco_json.")
 
 
@@ -121,47 +113,46 @@ def _check_path(path: Path, key: str, *, folder: bool) -> None:
                            f"{key}=<the right path> on the command line.")
 
 
+def _sizes(cfg: Any) -> dict[str, Any]:
+    """The transform sizes of a ``dataset`` node, as build_transforms takes them."""
+    return dict(train_short_sizes=list(cfg.train_short_sizes), max_size=int(cfg.max_size),
+                test_short_size=int(cfg.test_short_size), multiscale_short_sizes=list(cfg.multiscale_short_sizes),
+                multiscale_crop_resize=list(cfg.multiscale_crop_resize),
+                multiscale_crop_size=list(cfg.multiscale_crop_size))
+
+
+def _checked_paths(cfg: Any, splits: Sequence[str]) -> dict[str, tuple[Path, Path]]:
+    """{split: (annotation file, image folder)} of the ``dataset`` node, every one checked before any is read."""
+    train_ann, train_images, val_ann, val_images = dataset_paths(cfg)
+    paths = {"train": (train_ann, train_images), "val": (val_ann, val_images)}
+    prefix = "dataset." if cfg.kind == "coco_json" else f"dataset.root={_value(cfg, 'root')} -> "
+    for split in splits:
+        _check_path(paths[split][0], f"{prefix}{split}_ann", folder=False)
+        _check_path(paths[split][1], f"{prefix}{split}_images", folder=True)
+    return {split: paths[split] for split in splits}
+
+
+def build_val_dataset(cfg: Any) -> CocoDetection:
+    """The validation split of the ``dataset`` node (evaluation alone). Raises DatasetError."""
+    ann, images = _checked_paths(cfg, ["val"])["val"]
+    return CocoDetection(ann_file=ann, image_dir=images, transforms=build_transforms(train=False, **_sizes(cfg)))
+
+
 def build_datasets(cfg: Any, augmentation: str = "1x") -> tuple[CocoDetection, CocoDetection]:
     """Build and validate the (train, val) datasets of the ``dataset`` config node.
 
     ``augmentation`` ("1x" | "3x") picks the training recipe (schedule.augmentation). Everything is
     validated here, before training: paths, JSON, ids, image files. Raises DatasetError.
     """
-    if augmentation not in ("1x", "3x"):
-        raise DatasetError(f"augmentation={augmentation!r}: expected '1x' or '3x' (schedule.augmentation).")
-    train_ann, train_images, val_ann, val_images = dataset_paths(cfg)
-    prefix = "dataset." if cfg.kind == "coco_json" else f"dataset.root={_value(cfg, 'root')} -> "
-    for path, key, folder in ((train_ann, "train_ann", False), (train_images, "train_images", True),
-                              (val_ann, "val_ann", False), (val_images, "val_images", True)):
-        _check_path(path, prefix + key, folder=folder)
-    sizes = dict(
-        train_short_sizes=list(cfg.train_short_sizes), max_size=int(cfg.max_size),
-        test_short_size=int(cfg.test_short_size), multiscale_short_sizes=list(cfg.multiscale_short_sizes),
-        multiscale_crop_resize=list(cfg.multiscale_crop_resize),
-        multiscale_crop_size=list(cfg.multiscale_crop_size),
-    )
-    train = CocoDetection(ann_file=train_ann, image_dir=train_images,
-                          transforms=build_transforms(train=True, augmentation=augmentation, **sizes))
-    val = CocoDetection(ann_file=val_ann, image_dir=val_images,
-                        transforms=build_transforms(train=False, **sizes))
+    paths = _checked_paths(cfg, ["train", "val"])
+    train = CocoDetection(ann_file=paths["train"][0], image_dir=paths["train"][1],
+                          transforms=build_transforms(train=True, augmentation=augmentation, **_sizes(cfg)))
+    val = CocoDetection(ann_file=paths["val"][0], image_dir=paths["val"][1],
+                        transforms=build_transforms(train=False, **_sizes(cfg)))
     if train.label_to_category_id != val.label_to_category_id:
         raise DatasetError(
-            f"The categories of {train_ann} (ids {train.label_to_category_id}) and {val_ann} (ids "
+            f"The categories of {train.ann_file} (ids {train.label_to_category_id}) and {val.ann_file} (ids "
             f"{val.label_to_category_id}) differ, so labels would mean different classes. Use annotation "
             "files with the same 'categories' list."
         )
     return train, val
-
-
-def load_dataset_config(preset: str = "synthetic", overrides: Sequence[str] = ()) -> Any:
-    """The ``dataset`` node of conf/dataset/<preset>.yaml over the schema, plus ``key=value`` overrides
-    (for scripts and the synthetic CLI; training composes it with Hydra instead)."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.structured(DatasetConfig)
-    path = Path(__file__).resolve().parents[2] / "conf" / "dataset" / f"{preset}.yaml"
-    if path.is_file():
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-    elif preset != "synthetic":
-        raise DatasetError(f"No dataset preset {path}. Presets: synthetic, synthetic_large, coco, coco_json.")
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))

@@ -21,6 +21,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from date.choice import Choice
+
 try:  # private helper, stable since torchvision 0.16
     from torchvision.transforms.v2._utils import query_size
 except ImportError:  # pragma: no cover
@@ -52,6 +54,10 @@ class RandomSizeCrop(v2.Transform):
     # torchvision < 0.21 calls the private names
     _get_params = make_params
     _transform = transform
+
+
+# The two training recipes: 1x = resize + flip; 3x = DETR-style multi-scale + crop (schedule.augmentation)
+Augmentation = Choice("Augmentation", [("1x", "1x"), ("3x", "3x")])
 
 
 def _labels_and_crowd(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
 
-from date.tracking import SWEEP_ID_FILE, resolve_uri
+from date.runtime.tracking import SWEEP_ID_FILE, resolve_uri
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def _task_rank() -> int:
 
 
 def _error_line(stderr_log: Path) -> str:
-    """The user-facing error of a failed job: its last "Error: ..." line (date.logging_utils.report_error),
+    """The user-facing error of a failed job: its last "Error: ..." line (date.runtime.logs.report_error),
     else the last line of its error log (the exception of a traceback)."""
     try:
         lines = [line.strip() for line in stderr_log.read_text(errors="replace").splitlines() if line.strip()]

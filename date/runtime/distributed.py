@@ -36,7 +36,7 @@ def export_submitit_env() -> None:
 
     A no-op outside submitit (``submitit.JobEnvironment()`` raises there) and when the variables are
     already set (torchrun, or a second call). CUDA_VISIBLE_DEVICES is left as SLURM set it: each task
-    picks ``cuda:<local rank>`` among the job's GPUs (see engine.resolve_device).
+    picks ``cuda:<local rank>`` among the job's GPUs (see resolve_device).
     """
     if "RANK" in os.environ:
         return
@@ -55,6 +55,23 @@ def env_info() -> DistInfo:
     export_submitit_env()
     return DistInfo(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)),
                     local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def resolve_device(device: str, *, local_rank: int = 0) -> torch.device:
+    """"auto" -> cuda:<local rank> if CUDA is available, else cpu.
+
+    A process that sees a single GPU (SLURM binding one GPU per task) uses it whatever its local rank.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda:{0 if torch.cuda.device_count() == 1 else local_rank}"
+    return torch.device(device)
+
+
+def use_amp(amp: str, device: torch.device) -> bool:
+    """amp "auto": bf16 autocast on CUDA only (CPU autocast is slow and changes CPU numbers)."""
+    return device.type == "cuda" if amp == "auto" else amp == "true"
 
 
 def init_distributed(*, device: torch.device) -> DistInfo:
@@ -90,15 +107,6 @@ def replica_checksums(module: torch.nn.Module) -> list[str]:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def broadcast_object(obj, *, src: int = 0):
-    """Send a picklable object from rank ``src`` to every rank (identity when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]
 
 
 def cleanup() -> None:

@@ -5,8 +5,8 @@ Store (first match wins):
   2. ``$MLFLOW_TRACKING_URI``,
   3. ``sqlite:///$DATE_HOME/mlflow.db`` with artifacts in ``$DATE_HOME/mlartifacts``;
      ``DATE_HOME`` defaults to ``~/.local/share/date``. This place does not depend on the directory
-     a run is launched from. ``python -m date.tracking`` prints the URI, e.g. for
-     ``mlflow ui --backend-store-uri "$(python -m date.tracking)"``.
+     a run is launched from. ``python -m date.runtime.tracking`` prints the URI, e.g. for
+     ``mlflow ui --backend-store-uri "$(python -m date.runtime.tracking)"``.
 
 Metric delivery: :class:`RunTracker` buffers metrics and sends them with ``log_batch``; a batch that
 fails (server down) stays buffered and is retried later, and whatever is still unsent is stored in

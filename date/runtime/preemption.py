@@ -22,7 +22,7 @@ from typing import Iterator, NoReturn, Optional
 import torch
 import torch.distributed as dist
 
-from date.distributed import barrier
+from date.runtime.distributed import barrier
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,365 @@
+"""The training loop: optimiser, lr schedule, AMP, clipping, logging, evaluation, checkpoints, resume.
+
+:class:`Trainer` is built once per job from the composed config and the objects made from it (the
+detector, the criterion, the datasets), then :meth:`Trainer.fit` runs. Iterations are counted globally
+(``global_iter`` = iterations done, the MLflow step of train/* metrics); epochs as completed epochs (the
+step of val/*).
+
+Resume contract: ``last.pth`` holds everything the loop's future depends on (weights, optimiser,
+scheduler, RNG states, epoch + iteration within the epoch, the logging window, unsent metrics), and
+the data loader restarts the epoch's order at ``start_iter``. A resumed CPU run therefore produces
+the same numbers as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from date.coco_eval import predict_coco, score
+from date.config import ConfigError, amp_setting, resolved_config
+from date.criterion import DATECriterion, Losses
+from date.data.loader import build_eval_loader, build_train_loader
+from date.runtime import checkpoint as ckpt
+from date.runtime.distributed import DistInfo, barrier, replica_checksums, use_amp
+from date.runtime.logs import train_line
+from date.runtime.preemption import CheckpointSignal
+from date.runtime.tracking import RunTracker
+
+log = logging.getLogger(__name__)
+
+FINAL_FLUSH_S = 120.0  # how long the end of training waits for an unreachable MLflow server
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or Inf; training stopped without writing a checkpoint."""
+
+
+def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, backbone_lr_mult: float,
+                    backbone_prefix: str = "backbone.body.") -> torch.optim.AdamW:
+    """AdamW with four parameter groups: {ResNet body, rest} x {decayed, not decayed}.
+
+    The ResNet body (``backbone.body.*``) trains at ``lr * backbone_lr_mult``; the FPN and head at
+    ``lr``. Norm weights and biases (1-d parameters) get no weight decay: decaying them only pulls
+    scales/offsets towards 0 without regularising anything (the common detection practice).
+    Frozen parameters are left out.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault((name.startswith(backbone_prefix), param.ndim <= 1), []).append(param)
+    param_groups = []
+    for (is_backbone, no_decay), params in sorted(groups.items()):  # fixed order: resume-safe
+        param_groups.append({"params": params, "lr": lr * (backbone_lr_mult if is_backbone else 1.0),
+                             "weight_decay": 0.0 if no_decay else weight_decay})
+    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
+
+
+def lr_factor(it: int, *, warmup_iters: int, warmup_ratio: float, milestones: Sequence[int]) -> float:
+    """Multiplier of the base lr at iteration ``it`` (0-based): linear warm-up, then x0.1 per milestone."""
+    factor = 0.1 ** sum(it >= m for m in milestones)
+    if it < warmup_iters:
+        alpha = it / warmup_iters
+        factor *= warmup_ratio * (1 - alpha) + alpha
+    return factor
+
+
+def check_finite(values: list[float], names: Sequence[str], *, where: str, last_checkpoint: Path) -> None:
+    """values = (total, terms...) as floats; raise NonFiniteLossError naming the first bad term."""
+    if all(math.isfinite(v) for v in values):
+        return
+    bad = next((n for n, v in zip(names[1:], values[1:]) if not math.isfinite(v)), names[0])
+    terms = ", ".join(f"{n} = {v:.4g}" for n, v in zip(names, values))
+    last_good = (f"the last good one, {last_checkpoint}, is intact" if last_checkpoint.exists()
+                 else "none had been written yet")
+    raise NonFiniteLossError(
+        f"Non-finite loss at {where}: {bad} is {values[names.index(bad)]} ({terms}). Training stopped without "
+        f"writing a checkpoint; {last_good}. Try a lower optim.lr, keep optim.clip_grad_norm set, or amp=false.")
+
+
+class Trainer:
+    """One training job.
+
+    Args:
+        cfg: the composed training config (date/config.py TrainConfig): batch_size, num_workers, seed,
+            schedule.*, optim.*, eval_every, checkpoint_every_iters, log_every, amp.
+        model: the detector (``forward(images) -> (outputs, locations)``, ``predict``), on the CPU.
+        criterion: outputs, locations, targets, progress -> Losses.
+        train_set, val_set: datasets from date.data.build.
+        run_dir: where last.pth, model_final.pth and eval_results.json go.
+        device, dist_info: this process's device and rank.
+        tracker: the MLflow run (rank 0; None elsewhere or without tracking).
+        resume_from: a loaded last.pth to continue from.
+        preemption: SLURM's checkpoint signal (date.runtime.preemption); once received, training writes
+            last.pth at the next iteration boundary and hands over to submitit, which requeues the job.
+    """
+
+    def __init__(self, cfg, *, model: nn.Module, criterion: DATECriterion, train_set, val_set, run_dir: Path,
+                 device: torch.device, dist_info: DistInfo = DistInfo(), tracker: Optional[RunTracker] = None,
+                 resume_from: Optional[dict] = None, preemption: Optional[CheckpointSignal] = None):
+        self.cfg, self.model, self.criterion = cfg, model, criterion
+        self.train_set, self.val_set = train_set, val_set
+        self.run_dir, self.device, self.dist, self.tracker = Path(run_dir), device, dist_info, tracker
+        self.preemption = preemption
+        self.amp = use_amp(amp_setting(cfg.amp), device)
+        self.config = resolved_config(cfg)  # stored in every checkpoint
+        if dist_info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.net = self._place_model()
+        self.loader_args = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=dist_info.rank,
+                                world_size=dist_info.world_size, num_workers=cfg.num_workers)
+        self.iters_per_epoch = len(build_train_loader(train_set, epoch=0, **self.loader_args))
+        if self.iters_per_epoch == 0:
+            raise ConfigError(f"The training split has fewer images ({len(train_set)}) than one step needs "
+                              f"(batch_size={cfg.batch_size} x {dist_info.world_size} processes): lower batch_size.")
+        s = cfg.schedule
+        all_iters = s.epochs * self.iters_per_epoch
+        self.total_iters = all_iters if s.max_iters is None else min(s.max_iters, all_iters)
+        self._build_optimizer()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.state = {"epoch": 0, "iter_in_epoch": 0, "global_iter": 0, "eval_history": [], "metrics": {},
+                      "window": {"count": 0, "images": 0, "sums": {}}}
+        if resume_from is not None:
+            self._resume(resume_from)
+        self.start_time, self.start_iter = time.perf_counter(), self.state["global_iter"]
+        self.train_seconds = self.window_seconds = 0.0  # training time only (data included; eval, saving not)
+        self.last_tick = time.perf_counter()
+
+    # ------------------------------------------------------------------ set-up
+    def _place_model(self) -> nn.Module:
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.model.to(self.device)
+        if self.dist.world_size <= 1:
+            return self.model
+        return DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _build_optimizer(self) -> None:
+        """AdamW at the lr scaled to the global batch, warm-up capped at one epoch, x0.1 at the lr steps."""
+        cfg, o = self.cfg, self.cfg.optim
+        images_per_step = cfg.batch_size * self.dist.world_size
+        self.lr = o.lr * images_per_step / 16
+        # The reduced backbone lr protects pretrained features (DATE); a backbone learning from scratch
+        # has nothing to protect and trains at the full lr.
+        backbone_lr_mult = o.backbone_lr_mult if str(cfg.backbone.weights) != "none" else 1.0
+        self.optimizer = build_optimizer(self.model, lr=self.lr, weight_decay=o.weight_decay,
+                                         backbone_lr_mult=backbone_lr_mult)
+        self.warmup = min(cfg.schedule.warmup_iters, self.iters_per_epoch)
+        self.milestones = [e * self.iters_per_epoch for e in cfg.schedule.lr_steps]
+        ratio = cfg.schedule.warmup_ratio
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(
+            it, warmup_iters=self.warmup, warmup_ratio=ratio, milestones=self.milestones))
+        log.info("Training: %d epochs x %d iterations (%d in total), %d images per step on %s%s, lr %.2e "
+                 "(%.1e x %d/16), warm-up %d iterations, lr x0.1 at iterations %s", cfg.schedule.epochs,
+                 self.iters_per_epoch, self.total_iters, images_per_step, self.device,
+                 " with bf16 autocast" if self.amp else "", self.lr, o.lr, images_per_step, self.warmup,
+                 self.milestones)
+
+    def _resume(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        ckpt.set_rng_state(saved["rng"])
+        for key in self.state:
+            self.state[key] = saved[key]
+        self.state["window"]["images"] = 0  # img/s of the first window counts images since the restart
+        if self.tracker is not None:
+            self.tracker.restore_pending(saved.get("pending_metrics", []))
+        log.info("Resuming from %s at epoch %d iter %d (global iteration %d/%d)", self.run_dir / ckpt.LAST,
+                 self.state["epoch"], self.state["iter_in_epoch"], self.state["global_iter"], self.total_iters)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, float]:
+        """Train to the end of the schedule; return the final metrics ({"val/AP": ..., "train/loss": ...})."""
+        bar = tqdm(total=self.total_iters, initial=self.state["global_iter"], dynamic_ncols=True, desc="train",
+                   disable=not (self.dist.is_main and sys.stderr.isatty()))
+        with logging_redirect_tqdm():
+            while self.state["global_iter"] < self.total_iters:
+                self._train_epoch(bar)
+                self._end_epoch()
+        bar.close()
+        return self._finish()
+
+    def _train_epoch(self, bar: tqdm) -> None:
+        epoch, start_iter = self.state["epoch"], self.state["iter_in_epoch"]
+        self.net.train()
+        loader = build_train_loader(self.train_set, epoch=epoch, start_iter=start_iter, **self.loader_args)
+        for it, (images, targets) in enumerate(loader, start=start_iter):
+            g = self.state["global_iter"]
+            if g >= self.total_iters:
+                break
+            if self.preemption is not None and self.preemption.requested(self.device):
+                self._hand_over(bar, epoch, it)
+            losses, values = self._step(images, targets, epoch, it)
+            self.state["global_iter"] = g = g + 1
+            self.state["iter_in_epoch"] = it + 1
+            step_s = time.perf_counter() - self.last_tick
+            self.last_tick += step_s
+            self.train_seconds += step_s
+            self.window_seconds += step_s
+            self._accumulate(losses, values, images.shape[0])
+            bar.update(1)
+            bar.set_postfix(loss=f"{values[0]:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+            if g % self.cfg.log_every == 0 or g == self.total_iters:
+                img_s = self._log_window(losses)
+                bar.set_postfix(loss=f"{values[0]:.3f}", lr=f"{self.lr_now:.1e}", img_s=f"{img_s:.1f}")
+            every = self.cfg.checkpoint_every_iters
+            if every and g % every == 0 and it + 1 < self.iters_per_epoch and g < self.total_iters:
+                self.save_last()
+                self.last_tick = time.perf_counter()
+
+    def _step(self, images: torch.Tensor, targets: list[dict], epoch: int, it: int) -> tuple[Losses, list[float]]:
+        """One optimisation step; returns the losses and [total, terms...] as floats (mean over processes)."""
+        g = self.state["global_iter"]
+        images = images.to(self.device, non_blocking=True)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            outputs, locations = self.net(images)
+            losses = self.criterion(outputs, locations, targets, g / self.total_iters)
+        values = torch.stack([losses.total.detach().float(), *(t.detach().float() for t in losses.terms.values())])
+        if self.dist.world_size > 1:  # log the mean over processes; a NaN on one stops all of them
+            torch.distributed.all_reduce(values)
+            values /= self.dist.world_size
+        floats = values.tolist()  # the one host sync per iteration
+        check_finite(floats, ["total", *losses.terms], last_checkpoint=self.run_dir / ckpt.LAST,
+                     where=f"iteration {g + 1} (epoch {epoch + 1}, iteration {it + 1}/{self.iters_per_epoch} of the epoch)")
+        self.lr_now = self.scheduler.get_last_lr()[0]  # the lr of the FPN/head (group 0) for this step
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        if self.cfg.optim.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.clip_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return losses, floats
+
+    def _accumulate(self, losses: Losses, values: list[float], batch_images: int) -> None:
+        """Add one step to the logging window: the total, each term, and each branch's weighted sum."""
+        window = self.state["window"]
+        window["count"] += 1
+        window["images"] += batch_images * self.dist.world_size
+        sums = window["sums"]
+        for name, value in zip(["total", *losses.terms], values):
+            sums[name] = sums.get(name, 0.0) + value
+            if name != "total":
+                branch = f"{name.split('/')[0]}/loss"  # weighted contribution of each branch
+                sums[branch] = sums.get(branch, 0.0) + losses.weights[name] * value
+
+    def _log_window(self, losses: Losses) -> float:
+        """The log line and the MLflow train/* metrics of the iterations since the last one; returns img/s."""
+        g, window = self.state["global_iter"], self.state["window"]
+        img_s = window["images"] / max(self.window_seconds, 1e-9)
+        means = {k: v / window["count"] for k, v in window["sums"].items()}
+        per_iter = self.train_seconds / max(g - self.start_iter, 1)
+        log.info(train_line(eta_s=per_iter * (self.total_iters - g), iteration=g, total_iters=self.total_iters,
+                            loss=means.pop("total"), terms={k: means[k] for k in losses.terms}, lr=self.lr_now,
+                            img_per_s=img_s))
+        train_loss = window["sums"]["total"] / window["count"]
+        if self.tracker is not None:
+            metrics = {"train/loss": train_loss, "train/lr": self.lr_now, "train/img_per_s": img_s}
+            metrics.update({f"train/{k}": v for k, v in means.items()})
+            metrics.update({f"train/branch_weight/{b}": w for b, w in losses.branch_weights.items()})
+            self.tracker.log_metrics(metrics, step=g)
+            self.tracker.flush()
+        self.state["metrics"]["train/loss"] = train_loss
+        self.state["window"] = {"count": 0, "images": 0, "sums": {}}
+        self.window_seconds = 0.0
+        return img_s
+
+    def _end_epoch(self) -> None:
+        """After an epoch (or max_iters): evaluate when due, then checkpoint."""
+        epochs_done = self.state["epoch"] + 1
+        self.state["epoch"], self.state["iter_in_epoch"] = epochs_done, 0
+        done = self.state["global_iter"] >= self.total_iters
+        if epochs_done % self.cfg.eval_every == 0 or done:
+            self.evaluate(epochs_done)
+        if not done:
+            self.save_last()
+        self.last_tick = time.perf_counter()
+
+    # ------------------------------------------------------------------ evaluation and checkpoints
+    def evaluate(self, epochs_done: int) -> None:
+        """Every process predicts its shard of the val split; rank 0 gathers, scores and logs."""
+        loader = build_eval_loader(self.val_set, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
+                                   rank=self.dist.rank, world_size=self.dist.world_size)
+        results, image_ids = predict_coco(model=self.model, loader=loader, device=self.device, amp=self.amp,
+                                          label_to_category_id=self.val_set.label_to_category_id)
+        if self.dist.world_size > 1:
+            shards = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(shards, (results, image_ids))
+            results = [r for shard_results, _ in shards for r in shard_results]
+            image_ids = [i for _, shard_ids in shards for i in shard_ids]
+        if not self.dist.is_main:
+            return
+        stats = score(self.val_set.coco, results, image_ids)
+        val = {f"val/{k}": v for k, v in stats.items()}
+        self.state["eval_history"].append({"epoch": epochs_done, **val})
+        self.state["metrics"].update(val)
+        (self.run_dir / "eval_results.json").write_text(json.dumps(self.state["eval_history"], indent=1))
+        (self.run_dir / "detections_val.json").write_text(json.dumps(results))
+        if self.tracker is not None:
+            self.tracker.log_metrics(val, step=epochs_done)
+            self.tracker.flush(force=True)
+        log.info("Evaluation after epoch %d: AP %.4f  AP50 %.4f  AP75 %.4f", epochs_done, stats["AP"],
+                 stats["AP50"], stats["AP75"])
+
+    def save_last(self, *, finished: bool = False) -> None:
+        """last.pth, atomically (rank 0): everything a resume needs."""
+        if not self.dist.is_main:
+            return
+        tracker = self.tracker
+        if tracker is not None:
+            tracker.flush()  # metrics sent before a checkpoint are not re-sent after a resume
+        ckpt.save_atomic({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(), **self.state,
+            "total_iters": self.total_iters, "finished": finished,
+            "mlflow_run_id": tracker.run_id if tracker is not None else None,
+            "pending_metrics": tracker.pending_state() if tracker is not None else [], "config": self.config,
+        }, self.run_dir / ckpt.LAST)
+
+    def _hand_over(self, bar: tqdm, epoch: int, it: int) -> None:
+        """SLURM asked for a checkpoint: the state is that of the iteration boundary, so this batch is drawn
+        again after the resume."""
+        self.save_last()
+        log.info("Checkpoint written for requeueing: %s at epoch %d iter %d (global iteration %d/%d)",
+                 self.run_dir / ckpt.LAST, epoch, it, self.state["global_iter"], self.total_iters)
+        bar.close()
+        self.preemption.hand_over()
+
+    def _finish(self) -> dict[str, float]:
+        """model_final.pth, the last metrics sent, last.pth marked finished, the replicas compared."""
+        if self.dist.is_main:
+            ckpt.save_atomic({"model": self.model.state_dict(), "config": self.config, "metrics": self.state["metrics"]},
+                             self.run_dir / ckpt.FINAL)
+            tracker = self.tracker
+            if tracker is not None and not tracker.flush_until(FINAL_FLUSH_S):
+                log.error("%d metrics could not be sent to MLflow (%s); they are kept in %s. Re-run the same "
+                          "command once the server is back to send them.", tracker.num_pending, tracker.uri,
+                          self.run_dir / ckpt.LAST)
+            self.save_last(finished=True)
+        barrier()
+        if self.dist.world_size > 1:
+            self._compare_replicas()
+        log.info("Training done in %.1f s: %s", time.perf_counter() - self.start_time,
+                 "  ".join(f"{k} {v:.4f}" for k, v in self.state["metrics"].items()))
+        return dict(self.state["metrics"])
+
+    def _compare_replicas(self) -> None:
+        """DDP replicas must end identical; say so in every rank's log."""
+        checksums = replica_checksums(self.model)
+        rank, world = self.dist.rank, self.dist.world_size
+        log.info("Weights checksum of rank %d of %d: %s", rank, world, checksums[rank])
+        if self.dist.is_main and len(set(checksums)) == 1:
+            log.info("Weights identical on all %d ranks (checksum %s)", world, checksums[0])
+        elif self.dist.is_main:
+            log.error("Weights differ between ranks (checksums by rank: %s): the DDP replicas diverged.", checksums)
