@@ -186,6 +186,12 @@ class TrainConfig:
     log_every: int = at_least(20, 1)  # log line + MLflow train/* metrics every N iterations (and at the last)
     resume: bool = True  # continue from <run dir>/last.pth if it exists; false: start over there
 
+    @staticmethod
+    def cross_checks(node: Any) -> list[str]:
+        if node.model.use_3dmf and node.assigner.mode == Mode.o2m:
+            return ["model.use_3dmf=true filters the one-to-one scores: it needs assigner=o2o or dual, not o2m"]
+        return []
+
 
 @dataclass
 class EvaluateConfig:

@@ -4,31 +4,19 @@ Legend: B = images, N = locations over all FPN levels, M = ground truths (padded
 P = positives in the batch.
 
 | branch | classification | box | other |
-| o2o | sigmoid focal (0.25, 2), weight 2 | L1 on image-normalised cxcywh, weight 5; GIoU, weight 2 | - |
-| o2m | sigmoid focal, weight 1 | -log(IoU) weighted by centerness targets, weight 1 | centerness BCE, weight 1 |
+| o2o | sigmoid focal (0.25, 2) | L1 on image-normalised cxcywh; GIoU | - |
+| o2m | sigmoid focal (0.25, 2) | -log(IoU) weighted by centerness targets | centerness BCE |
 
-Each function returns UNWEIGHTED terms; ``total_loss`` applies the term weights and branch weights.
-Normalisers (positives, centerness sum) are passed in already averaged over processes.
+Each function returns UNWEIGHTED terms; date/criterion.py weights them (model.loss_weights in
+date/config.py, times the branch weights). Normalisers (positives, centerness sum) are passed in already
+averaged over processes.
 """
-from collections.abc import Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
 from date.box_ops import aligned_iou
-
-# DATE's table; the config's model.loss_weights overrides it.
-DEFAULT_TERM_WEIGHTS = {
-    "o2o/cls": 2.0,
-    "o2o/l1": 5.0,
-    "o2o/giou": 2.0,
-    "o2m/cls": 1.0,
-    "o2m/iou": 1.0,
-    "o2m/ctr": 1.0,
-}
-
 
 def classification_loss(cls_logits: Tensor, pos_index: tuple[Tensor, Tensor], pos_labels: Tensor,
                         num_pos: Tensor, ignore: Tensor | None = None) -> Tensor:
@@ -83,12 +71,3 @@ def o2m_box_losses(pred_boxes: Tensor, gt_boxes: Tensor, ctr_logits: Tensor, ctr
         "iou": (-iou.log() * ctr_targets).sum() / ctr_sum,
         "ctr": F.binary_cross_entropy_with_logits(ctr_logits.float(), ctr_targets, reduction="sum") / num_pos,
     }
-
-
-def total_loss(terms: Mapping[str, Tensor], term_weights: Mapping[str, float],
-               branch_weights: Mapping[str, float]) -> Tensor:
-    """sum over terms "<branch>/<name>" of branch_weights[branch] * term_weights[term] * value."""
-    missing = [key for key in terms if key not in term_weights]
-    if missing:
-        raise KeyError(f"no weight for loss terms {missing}; model.loss_weights has {sorted(term_weights)}")
-    return sum(branch_weights[key.split("/")[0]] * term_weights[key] * value for key, value in terms.items())

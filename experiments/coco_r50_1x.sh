@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiments/lib/coco_recipe.sh
-coco_recipe coco_r50_1x resnet50 1x o2o,dual o2o,dual "$@"
+coco_recipe coco_r50_1x o2o,dual o2o,dual "$@"

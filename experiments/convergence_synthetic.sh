@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# convergence_synthetic: does dual assignment make POTO converge faster and end better, at no inference
+# convergence_synthetic (conf/experiment/convergence_synthetic.yaml): does dual assignment make POTO converge faster and end better, at no inference
 # cost? {o2o, dual, o2m} x seeds {0,1,2} at 1x on the synthetic benchmark (9 runs, one after the other on
 # this 2-core CPU), then the convergence report and the NMS-free evidence. Expected outcome: README.md.
 #
@@ -21,8 +21,8 @@ SEEDS=${SEEDS:-0,1,2}
 SWEEP_DIR=${SWEEP_DIR:-multirun/$NAME/$SCHEDULE-$(date +%Y-%m-%d_%H-%M-%S)}
 OUT=${OUT:-$SWEEP_DIR/analysis}
 
-"$PYTHON" -m date.train -m name="$NAME" tracking.experiment="$NAME" assigner=o2o,dual,o2m seed="$SEEDS" \
-  schedule="$SCHEDULE" hydra.sweep.dir="$SWEEP_DIR" "$@"
+"$PYTHON" -m date.train -m experiment=convergence_synthetic name="$NAME" tracking.experiment="$NAME" \
+  assigner=o2o,dual,o2m seed="$SEEDS" schedule="$SCHEDULE" hydra.sweep.dir="$SWEEP_DIR" "$@"
 # The sweep's id (written by date.runtime.tracking.SweepCallback) selects exactly these runs in MLflow.
 SWEEP_ID=$(cat "$SWEEP_DIR/sweep_id")
 "$PYTHON" -m analysis.convergence --experiment "$NAME" --sweep-id "$SWEEP_ID" --out "$OUT"

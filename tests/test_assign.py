@@ -150,7 +150,7 @@ def test_fcos_assign_matches_brute_force(seed, radius):
 def test_topk_assign_takes_at_most_k_inside_locations_per_gt():
     points, _, gt_boxes, gt_labels, logits, boxes = small_scene(3, B=2, M=4)
     valid = torch.ones(2, 4, dtype=torch.bool)
-    matched = topk_assign(logits, boxes, points, gt_boxes, gt_labels, valid, k=3)
+    matched = topk_assign(logits, boxes, points, gt_boxes, gt_labels, valid, k=3, alpha=0.5, beta=6.0)
     for b in range(2):
         for m in range(4):
             locs = (matched[b] == m).nonzero()[:, 0]
@@ -164,6 +164,7 @@ def test_no_ground_truth_gives_no_positives():
     points, strides, _, _, logits, boxes = small_scene()
     empty = torch.zeros(2, 0, 4)
     ranges = torch.tensor([[-1.0, float("inf")]]).expand(len(points), 2)
-    assert (fcos_assign(points, strides, ranges, empty, torch.zeros(2, 0, dtype=torch.bool)) == -1).all()
+    assert (fcos_assign(points, strides, ranges, empty, torch.zeros(2, 0, dtype=torch.bool),
+                        center_sampling_radius=None) == -1).all()
     assert match_one_to_one_batched(torch.zeros(2, len(points), 0), torch.tensor([0, 0])).shape == (2, 0)
     assert np.array_equal(match_one_to_one(torch.zeros(5, 0)).numpy(), np.zeros(0))

@@ -1,5 +1,5 @@
 """The Hydra configuration: every group option composes, validates and builds; bad values are refused."""
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
@@ -7,9 +7,12 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from date.assign import POTO, FCOSAssigner, TopKAssigner
 from date.branch_weighting import BranchWeighting
-from date.config import (RESUME_SAFE_KEYS, BranchWeightingConfig, ConfigError, branch_weighting_kwargs, flatten, resume_mismatches,
-                         run_name, validate)
+from date.config import (RESUME_SAFE_KEYS, AssignerConfig, BackboneConfig, ConfigError, ScheduleConfig, flatten,
+                         resume_mismatches, run_name, validate)
+from date.data.build import DatasetConfig
+from date.modeling.build import build_criterion, build_detector
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("backbone", "assigner", "schedule", "branch_weighting", "dataset")
@@ -37,7 +40,7 @@ def test_every_option_composes_and_validates(group, option):
     cfg = _compose([f"{group}={option}"])
     validate(cfg)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-    BranchWeighting(**branch_weighting_kwargs(cfg.branch_weighting))(0.5)
+    OmegaConf.to_object(cfg.branch_weighting)(0.5)
 
 
 def test_defaults_and_choices():
@@ -49,24 +52,60 @@ def test_defaults_and_choices():
     assert _compose(["schedule=3x"]).schedule.lr_steps == [24, 33]
 
 
-def test_every_assigner_and_backbone_builds_a_detector():
-    from date.modeling.build import build_detector
+@pytest.mark.parametrize("option, trained, inference, o2m_rule", [
+    ("o2m", ("o2m",), "o2m", FCOSAssigner), ("o2o", ("o2o",), "o2o", None),
+    ("dual", ("o2o", "o2m"), "o2o", FCOSAssigner), ("dual_topk", ("o2o", "o2m"), "o2o", TopKAssigner)])
+def test_every_assigner_option_builds_its_branches_and_assigners(option, trained, inference, o2m_rule):
+    cfg = _compose([f"assigner={option}", "assigner.poto_alpha=0.7", "assigner.topk=7",
+                    "assigner.fcos_center_sampling=1.5"])
+    model, criterion = build_detector(cfg, num_classes=3), build_criterion(cfg)
+    assert model.head.branches == trained and criterion.branches == trained
+    assert model.inference_branch == inference
+    if "o2o" in trained:  # the config's values reach the objects
+        assert isinstance(criterion.assigners["o2o"], POTO) and criterion.assigners["o2o"].alpha == 0.7
+    if o2m_rule is None:
+        assert "o2m" not in criterion.assigners
+    else:
+        o2m = criterion.assigners["o2m"]
+        assert type(o2m) is o2m_rule
+        assert o2m.k == 7 if o2m_rule is TopKAssigner else o2m.center_sampling_radius == 1.5
+        assert o2m_rule is TopKAssigner or o2m.level_ranges[1] == (16.0, 32.0)  # the dataset's size_of_interest
+    assert criterion.term_weights == dict(cfg.model.loss_weights)
+    assert criterion.branch_weighting == OmegaConf.to_object(cfg.branch_weighting)
 
-    for option in _options("assigner"):
-        cfg = _compose([f"assigner={option}"])
-        build_detector(backbone=cfg.backbone, assigner=cfg.assigner, model=cfg.model, num_classes=3)
-    for option in _options("backbone"):
-        cfg = _compose([f"backbone={option}", "assigner=o2o"])
-        build_detector(backbone=cfg.backbone, assigner=cfg.assigner, model=cfg.model, num_classes=3)
+
+@pytest.mark.parametrize("option", _options("backbone"))
+def test_every_backbone_builds(option):
+    cfg = _compose([f"backbone={option}", "assigner=o2o"])
+    model = build_detector(cfg, num_classes=3)
+    assert model.head.cls_tower[0].in_channels == cfg.backbone.fpn_channels
 
 
-def test_branch_weighting_schema_mirrors_the_module():
-    assert [(f.name, f.default) for f in fields(BranchWeightingConfig)] == \
-        [(f.name, f.default) for f in fields(BranchWeighting)]
+def _default(f):
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None if f.default is MISSING else f.default
+
+
+SCHEMAS = {"backbone": BackboneConfig, "assigner": AssignerConfig, "schedule": ScheduleConfig,
+           "branch_weighting": BranchWeighting, "dataset": DatasetConfig}
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_group_options_hold_only_what_differs_from_the_schema(group, option):
+    """One home per default: an option file that repeats a schema default would be a second home."""
+    written = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"))
+    if "defaults" in written:  # builds on another option (coco_json on coco): compared there
+        return
+    defaults = {f.name: _default(f) for f in fields(SCHEMAS[group])}
+    repeated = {k: v for k, v in written.items() if k in defaults and defaults[k] == v}
+    assert not repeated, f"conf/{group}/{option}.yaml repeats schema defaults {repeated}"
 
 
 @pytest.mark.parametrize("override", ["schedule.epoch=3", "optim.learning_rate=1", "batch_size=eight",
-                                      "backbone.depth=deep"])
+                                      "backbone.depth=deep", "assigner.mode=both", "assigner.o2m=atss",
+                                      "branch_weighting.o2m_schedule=cosine", "schedule.augmentation=2x",
+                                      "dataset.kind=lvis"])
 def test_unknown_keys_and_wrong_types_fail_at_composition(override):
     with pytest.raises(ConfigCompositionException):
         _compose([override])
@@ -79,13 +118,19 @@ def test_unknown_group_option_fails_at_composition():
 
 @pytest.mark.parametrize("override,key", [
     ("schedule.epochs=-1", "schedule.epochs"), ("schedule.lr_steps=[11,8]", "schedule.lr_steps"),
-    ("optim.lr=0", "optim.lr"), ("assigner.mode=both", "assigner.mode"), ("backbone.depth=19", "backbone.depth"),
-    ("branch_weighting.o2m_schedule=cosine", "o2m_schedule"), ("amp=maybe", "amp"), ("device=tpu", "device"),
+    ("optim.lr=0", "optim.lr"), ("backbone.depth=19", "backbone.depth"), ("assigner.poto_alpha=1.5", "poto_alpha"),
+    ("branch_weighting.o2m_until=0", "o2m_until"), ("amp=maybe", "amp"), ("device=tpu", "device"),
     ("backbone.weights=/nonexistent/r18.pth", "backbone.weights"), ("+model.loss_weights.o2o_cls=1", "loss_weights"),
 ])
 def test_out_of_range_values_are_refused_with_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(_compose([override]))
+
+
+def test_3dmf_needs_the_one_to_one_branch():
+    validate(_compose(["assigner=dual", "model.use_3dmf=true"]))
+    with pytest.raises(ConfigError, match="use_3dmf"):
+        validate(_compose(["assigner=o2m", "model.use_3dmf=true"]))
 
 
 def test_all_problems_are_reported_at_once():

@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from date.data import CocoDetection, DatasetConfig, DatasetError, build_datasets
+from date.data.build import DatasetConfig, build_datasets, build_val_dataset
+from date.data.coco import CocoDetection
+from date.data.errors import DatasetError
 
 try:
     from data_fixtures import write_coco, write_image
@@ -252,9 +254,9 @@ def test_build_coco_json_missing_folder(tmp_path):
 
 
 def test_build_coco_without_root_from_yaml():
-    from date.data import load_dataset_config
+    from conftest import compose_config
 
-    cfg = load_dataset_config("coco")  # root: ??? in conf/dataset/coco.yaml
+    cfg = compose_config(["dataset=coco"]).dataset  # root: ??? in conf/dataset/coco.yaml
     with pytest.raises(DatasetError, match=r"dataset=coco needs dataset\.root"):
         build_datasets(cfg)
 
@@ -270,6 +272,15 @@ def test_build_coco_layout(tmp_path):
     (root / "annotations" / "instances_val2017.json").unlink()
     with pytest.raises(DatasetError, match="instances_val2017.json"):
         build_datasets(DatasetConfig(kind="coco", root=str(root)))
+
+
+def test_val_dataset_alone_reads_no_training_file(tmp_path):
+    cfg = _coco_json_cfg(tmp_path)
+    cfg.train_ann, cfg.train_images = str(tmp_path / "missing.json"), str(tmp_path / "missing")
+    val = build_val_dataset(cfg)
+    assert len(val) == 3 and val.ann_file.name == "val.json"
+    with pytest.raises(DatasetError, match="missing.json"):
+        build_datasets(cfg)
 
 
 def test_build_categories_must_agree(tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from date.data import DatasetConfig, build_datasets, build_eval_loader, build_train_loader, collate
+from date.data.build import DatasetConfig, build_datasets
+from date.data.loader import build_eval_loader, build_train_loader, collate
 from date.data.loader import EvalBatchSampler, TrainBatchSampler
 
 

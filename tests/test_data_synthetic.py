@@ -13,7 +13,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from date.data import DatasetConfig, DatasetError, build_datasets
+from date.data.build import DatasetConfig, build_datasets
+from date.data.errors import DatasetError
 from date.data import synthetic
 from date.data.synthetic import SyntheticParams, describe, ensure_synthetic, render_image
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from date.data.build import DatasetConfig
+from date.data.build import DatasetConfig, transform_sizes
 from date.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
-SYNTH = DatasetConfig()  # the CPU synthetic preset's sizes
-SYNTH_SIZES = dict(train_short_sizes=SYNTH.train_short_sizes, max_size=SYNTH.max_size,
-                   test_short_size=SYNTH.test_short_size, multiscale_short_sizes=SYNTH.multiscale_short_sizes,
-                   multiscale_crop_resize=SYNTH.multiscale_crop_resize, multiscale_crop_size=SYNTH.multiscale_crop_size)
+SYNTH_SIZES = transform_sizes(DatasetConfig())  # the CPU synthetic preset's sizes
 
 
 def _scene(h: int, w: int, box: list[int], crowd: list[int]) -> tuple[torch.Tensor, dict]:
@@ -50,7 +47,8 @@ def _check(image: torch.Tensor, target: dict, tol: float = 1.5) -> None:
 
 @pytest.mark.parametrize("seed", range(8))
 def test_1x_flip_and_resize_keep_boxes_on_the_pixels(seed):
-    tf = build_transforms(train=True, augmentation="1x", normalize=False, train_short_sizes=[64, 96], max_size=128)
+    tf = build_transforms(train=True, augmentation="1x", normalize=False,
+                          **{**SYNTH_SIZES, "train_short_sizes": [64, 96], "max_size": 128})
     image, target = _scene(80, 120, [10, 20, 50, 60], [70, 5, 110, 30])
     torch.manual_seed(seed)
     out, t = tf(image, target)
@@ -59,7 +57,8 @@ def test_1x_flip_and_resize_keep_boxes_on_the_pixels(seed):
 
 
 def test_flip_exact():
-    tf = build_transforms(train=True, augmentation="1x", normalize=False, train_short_sizes=[80], max_size=200)
+    tf = build_transforms(train=True, augmentation="1x", normalize=False,
+                          **{**SYNTH_SIZES, "train_short_sizes": [80], "max_size": 200})
     image, target = _scene(80, 120, [10, 20, 50, 60], [70, 5, 110, 30])
     flipped = []
     for seed in range(10):
@@ -109,7 +108,7 @@ def test_synthetic_sizes_never_exceed_128():
 
 
 def test_eval_resize_and_normalisation():
-    tf = build_transforms(train=False, test_short_size=40, max_size=100)
+    tf = build_transforms(train=False, **{**SYNTH_SIZES, "test_short_size": 40, "max_size": 100})
     image, target = _scene(80, 120, [10, 20, 50, 60], [70, 5, 110, 30])
     out, t = tf(image, target)
     assert out.dtype == torch.float32 and out.shape == (3, 40, 60) and t["image_size"] == (40, 60)

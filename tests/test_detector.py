@@ -1,27 +1,31 @@
 """Detector behaviour: branches, gradients, empty images, inference without the o2m predictors,
 backbone weights handling."""
-from types import SimpleNamespace
-
 import pytest
 import torch
 import torchvision
 
-from date.modeling import build_detector
+from conftest import compose_config
 from date.modeling.backbone import BackboneWeightsError, build_resnet_fpn
+from date.modeling.build import build_criterion, build_detector
 
 SIZE = 128
 
 
-def make_detector(mode, *, use_3dmf=False, o2m="fcos", num_classes=3, seed=0):
+def make(mode, *, use_3dmf=False, o2m="fcos", num_classes=3, seed=0):
+    """(detector, criterion) of assigner=<mode>, a narrow head (64 channels, 2 convs) for speed."""
+    cfg = compose_config([f"assigner={mode}", f"assigner.o2m={o2m}", f"model.use_3dmf={use_3dmf}",
+                          "backbone.fpn_channels=64", "model.num_convs=2"])
     torch.manual_seed(seed)
-    return build_detector(
-        backbone=SimpleNamespace(depth=18, weights="none", fpn_channels=64),
-        assigner=SimpleNamespace(mode=mode, o2m=o2m, poto_alpha=0.8, poto_center_radius=1.5,
-                                 fcos_center_sampling=None, topk=10, topk_alpha=0.5, topk_beta=6.0),
-        model=SimpleNamespace(num_convs=2, use_3dmf=use_3dmf, prior_prob=0.01, size_of_interest=[16, 32, 64, 128],
-                              score_thresh=0.01, topk_candidates=100, detections_per_img=100, nms_thresh=0.6),
-        num_classes=num_classes,
-    )
+    return build_detector(cfg, num_classes=num_classes), build_criterion(cfg)
+
+
+def make_detector(mode, **kwargs):
+    return make(mode, **kwargs)[0]
+
+
+def train_losses(model, criterion, images, targets):
+    """The unweighted loss terms of one training forward."""
+    return criterion(*model(images), targets, 0.0).terms
 
 
 def batch(with_empty=True):
@@ -48,8 +52,7 @@ EXPECTED_TERMS = {
 
 @pytest.mark.parametrize("mode", ["o2o", "o2m", "dual"])
 def test_losses_are_the_modes_terms_and_finite(mode):
-    model = make_detector(mode)
-    losses = model(*batch())
+    losses = train_losses(*make(mode), *batch())
     assert set(losses) == EXPECTED_TERMS[mode]
     for name, value in losses.items():
         assert value.dim() == 0 and torch.isfinite(value), name
@@ -57,10 +60,10 @@ def test_losses_are_the_modes_terms_and_finite(mode):
 
 @pytest.mark.parametrize("mode, use_3dmf", [("o2o", False), ("o2m", False), ("dual", False), ("o2o", True), ("dual", True)])
 def test_losses_finite_when_no_image_has_objects(mode, use_3dmf):
-    model = make_detector(mode, use_3dmf=use_3dmf)
+    model, criterion = make(mode, use_3dmf=use_3dmf)
     images, _ = batch()
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "image_size": (SIZE, SIZE)}] * 3
-    losses = model(images, empty)
+    losses = train_losses(model, criterion, images, empty)
     total = sum(losses.values())
     assert torch.isfinite(total) and total > 0  # the negatives still teach background
     total.backward()
@@ -75,8 +78,8 @@ def grads_of(model, loss):
 
 
 def test_gradients_reach_shared_parts_from_both_branches_and_o2m_predictor_only_from_o2m():
-    model = make_detector("dual")
-    losses = model(*batch(with_empty=False))
+    model, criterion = make("dual")
+    losses = train_losses(model, criterion, *batch(with_empty=False))
     o2o = sum(v for k, v in losses.items() if k.startswith("o2o/"))
     o2m = sum(v for k, v in losses.items() if k.startswith("o2m/"))
     from_o2o, from_o2m = grads_of(model, o2o), grads_of(model, o2m)
@@ -93,19 +96,18 @@ def test_gradients_reach_shared_parts_from_both_branches_and_o2m_predictor_only_
 
 
 def test_every_gt_gets_exactly_one_o2o_positive(monkeypatch):
-    import date.modeling.detector as detector_module
+    import date.assign.one_to_one as one_to_one
 
     seen = []
-    original = detector_module.match_one_to_one_batched
+    original = one_to_one.match_one_to_one_batched
 
     def record(quality, num_gts):
         matched = original(quality, num_gts)
         seen.append((matched, num_gts))
         return matched
 
-    monkeypatch.setattr(detector_module, "match_one_to_one_batched", record)
-    images, targets = batch()
-    make_detector("dual")(images, targets)
+    monkeypatch.setattr(one_to_one, "match_one_to_one_batched", record)
+    train_losses(*make("dual"), *batch())
     matched, num_gts = seen[0]
     for b, m in enumerate(num_gts.tolist()):
         assert (matched[b, :m] >= 0).all() and len(matched[b, :m].unique()) == m
@@ -114,7 +116,8 @@ def test_every_gt_gets_exactly_one_o2o_positive(monkeypatch):
 
 @pytest.mark.parametrize("use_3dmf", [False, True])
 def test_dual_inference_runs_no_o2m_predictor(use_3dmf):
-    model = make_detector("dual", use_3dmf=use_3dmf).eval()
+    model, criterion = make("dual", use_3dmf=use_3dmf)
+    model.eval()
     calls = {"o2o": 0, "o2m": 0}
     for branch in ("o2o", "o2m"):
         for module in model.head.predictors[branch].values():
@@ -124,7 +127,7 @@ def test_dual_inference_runs_no_o2m_predictor(use_3dmf):
     assert calls["o2m"] == 0
     assert calls["o2o"] == 2 * 5  # cls + box, five levels
     model.train()
-    model(*batch())
+    train_losses(model, criterion, *batch())
     assert calls["o2m"] == 3 * 5  # training runs both
 
 
@@ -146,12 +149,10 @@ def test_predict_format(mode):
 def test_o2o_mode_has_no_o2m_predictor_and_o2m_mode_has_no_o2o_predictor():
     assert set(make_detector("o2o").head.predictors) == {"o2o"}
     assert set(make_detector("o2m").head.predictors) == {"o2m"}
-    with pytest.raises(ValueError, match="3DMF|use_3dmf"):
-        make_detector("o2m", use_3dmf=True)
 
 
 def test_topk_o2m_variant_trains():
-    losses = make_detector("dual", o2m="topk")(*batch())
+    losses = train_losses(*make("dual", o2m="topk"), *batch())
     assert set(losses) == EXPECTED_TERMS["dual"] and all(torch.isfinite(v) for v in losses.values())
 
 
@@ -176,15 +177,15 @@ def test_backbone_from_local_file_freezes_stem_and_stage1(tmp_path):
 
 def test_backbone_bad_weights_give_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(BackboneWeightsError, match="no such file"):
-        build_resnet_fpn(depth=18, weights=str(tmp_path / "missing.pth"))
+        build_resnet_fpn(depth=18, weights=str(tmp_path / "missing.pth"), fpn_channels=64)
     wrong = tmp_path / "resnet34.pth"
     torch.save(torchvision.models.resnet34().state_dict(), wrong)
     with pytest.raises(BackboneWeightsError, match="backbone.depth"):
-        build_resnet_fpn(depth=18, weights=str(wrong))
+        build_resnet_fpn(depth=18, weights=str(wrong), fpn_channels=64)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(BackboneWeightsError, match="cannot be read"):
-        build_resnet_fpn(depth=18, weights=str(garbage))
+        build_resnet_fpn(depth=18, weights=str(garbage), fpn_channels=64)
 
 
 def test_imagenet_weights_offline_says_how_to_pass_a_local_file(tmp_path, monkeypatch):
@@ -197,7 +198,7 @@ def test_imagenet_weights_offline_says_how_to_pass_a_local_file(tmp_path, monkey
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(BackboneWeightsError) as error:
-        build_resnet_fpn(depth=18, weights="imagenet")
+        build_resnet_fpn(depth=18, weights="imagenet", fpn_channels=64)
     message = str(error.value)
     assert "backbone.weights=/path/to/resnet18-" in message and "offline" in message
 

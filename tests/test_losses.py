@@ -6,8 +6,7 @@ import torch
 from torchvision.ops import sigmoid_focal_loss
 
 from date.branch_weighting import BranchWeighting
-from date.losses import (DEFAULT_TERM_WEIGHTS, centerness_targets, classification_loss, o2m_box_losses,
-                         o2o_box_losses, total_loss)
+from date.losses import centerness_targets, classification_loss, o2m_box_losses, o2o_box_losses
 
 
 def test_classification_loss_is_focal_sum_over_positives_and_ignores_crowd():
@@ -52,14 +51,6 @@ def test_o2m_box_losses_by_hand():
 def test_centerness_targets():
     ltrb = torch.tensor([[5.0, 5.0, 5.0, 5.0], [1.0, 2.0, 4.0, 8.0]])
     assert torch.allclose(centerness_targets(ltrb), torch.tensor([1.0, math.sqrt(0.25 * 0.25)]))
-
-
-def test_total_loss_applies_term_and_branch_weights():
-    terms = {"o2o/cls": torch.tensor(1.0), "o2o/l1": torch.tensor(2.0), "o2m/cls": torch.tensor(3.0)}
-    total = total_loss(terms, DEFAULT_TERM_WEIGHTS, {"o2o": 0.5, "o2m": 2.0})
-    assert total.item() == pytest.approx(0.5 * (2 * 1 + 5 * 2) + 2.0 * 3)
-    with pytest.raises(KeyError, match="o2o/new"):
-        total_loss({"o2o/new": torch.tensor(1.0)}, DEFAULT_TERM_WEIGHTS, {"o2o": 1.0})
 
 
 @pytest.mark.parametrize("weighting, progress, expected", [

@@ -5,7 +5,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import free_port
-from date import tracking
+from date.runtime import tracking
 from date.runtime.tracking import RunTracker, TrackingError
 
 

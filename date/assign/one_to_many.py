@@ -17,7 +17,7 @@ def fcos_assign(
     gt_boxes: Tensor,
     gt_valid: Tensor,
     *,
-    center_sampling_radius: float | None = None,
+    center_sampling_radius: float | None,
 ) -> Tensor:
     """FCOS: positive when inside the gt box (or its centre region) and max(l, t, r, b) falls in the
     location's level range; a location inside several gts takes the smallest-area one.
@@ -54,9 +54,9 @@ def topk_assign(
     gt_labels: Tensor,
     gt_valid: Tensor,
     *,
-    k: int = 10,
-    alpha: float = 0.5,
-    beta: float = 6.0,
+    k: int,
+    alpha: float,
+    beta: float,
 ) -> Tensor:
     """YOLOv10's consistent prediction-aware one-to-many rule: metric p(c_g)^alpha * IoU^beta for
     locations inside the gt box; each gt takes its top-k; a location claimed by several gts keeps the

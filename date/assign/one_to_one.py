@@ -28,8 +28,8 @@ def poto_quality(
     gt_boxes: Tensor,
     gt_labels: Tensor,
     *,
-    alpha: float = 0.8,
-    center_radius: float = 1.5,
+    alpha: float,
+    center_radius: float,
 ) -> Tensor:
     """POTO's quality Q = p(c_g)^(1-alpha) * IoU^alpha * [location in g's centre region].
 

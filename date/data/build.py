@@ -17,7 +17,7 @@ from .errors import DatasetError
 from .synthetic import SyntheticParams, ensure_synthetic
 from .transforms import Augmentation, build_transforms
 
-__all__ = ["DatasetConfig", "build_datasets", "build_val_dataset"]
+__all__ = ["DatasetConfig", "build_datasets", "build_val_dataset", "transform_sizes"]
 
 
 class DatasetKind(Choice):
@@ -113,7 +113,7 @@ def _check_path(path: Path, key: str, *, folder: bool) -> None:
                            f"{key}=<the right path> on the command line.")
 
 
-def _sizes(cfg: Any) -> dict[str, Any]:
+def transform_sizes(cfg: Any) -> dict[str, Any]:
     """The transform sizes of a ``dataset`` node, as build_transforms takes them."""
     return dict(train_short_sizes=list(cfg.train_short_sizes), max_size=int(cfg.max_size),
                 test_short_size=int(cfg.test_short_size), multiscale_short_sizes=list(cfg.multiscale_short_sizes),
@@ -135,7 +135,7 @@ def _checked_paths(cfg: Any, splits: Sequence[str]) -> dict[str, tuple[Path, Pat
 def build_val_dataset(cfg: Any) -> CocoDetection:
     """The validation split of the ``dataset`` node (evaluation alone). Raises DatasetError."""
     ann, images = _checked_paths(cfg, ["val"])["val"]
-    return CocoDetection(ann_file=ann, image_dir=images, transforms=build_transforms(train=False, **_sizes(cfg)))
+    return CocoDetection(ann_file=ann, image_dir=images, transforms=build_transforms(train=False, **transform_sizes(cfg)))
 
 
 def build_datasets(cfg: Any, augmentation: str = "1x") -> tuple[CocoDetection, CocoDetection]:
@@ -146,9 +146,9 @@ def build_datasets(cfg: Any, augmentation: str = "1x") -> tuple[CocoDetection, C
     """
     paths = _checked_paths(cfg, ["train", "val"])
     train = CocoDetection(ann_file=paths["train"][0], image_dir=paths["train"][1],
-                          transforms=build_transforms(train=True, augmentation=augmentation, **_sizes(cfg)))
+                          transforms=build_transforms(train=True, augmentation=augmentation, **transform_sizes(cfg)))
     val = CocoDetection(ann_file=paths["val"][0], image_dir=paths["val"][1],
-                        transforms=build_transforms(train=False, **_sizes(cfg)))
+                        transforms=build_transforms(train=False, **transform_sizes(cfg)))
     if train.label_to_category_id != val.label_to_category_id:
         raise DatasetError(
             f"The categories of {train.ann_file} (ids {train.label_to_category_id}) and {val.ann_file} (ids "

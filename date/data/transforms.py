@@ -68,14 +68,15 @@ def geometric_transforms(
     *,
     train: bool,
     augmentation: str = "1x",
-    train_short_sizes: Sequence[int] = (128,),
-    max_size: int = 128,
-    test_short_size: int = 128,
-    multiscale_short_sizes: Sequence[int] = (96, 104, 112, 120, 128),
-    multiscale_crop_resize: Sequence[int] = (80, 96, 112),
-    multiscale_crop_size: Sequence[int] = (64, 112),
+    train_short_sizes: Sequence[int],
+    max_size: int,
+    test_short_size: int,
+    multiscale_short_sizes: Sequence[int],
+    multiscale_crop_resize: Sequence[int],
+    multiscale_crop_size: Sequence[int],
 ) -> v2.Transform:
-    """The resize / flip / crop part of a recipe (see the module docstring)."""
+    """The resize / flip / crop part of a recipe (see the module docstring); the sizes are the dataset
+    config's (date.data.build.transform_sizes)."""
     if not train:
         # RandomShortestSize with one size: v2.Resize refuses max_size == size
         return v2.RandomShortestSize(min_size=[int(test_short_size)], max_size=int(max_size))

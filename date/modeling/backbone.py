@@ -24,7 +24,7 @@ class BackboneWeightsError(ValueError):
     """The backbone weights asked for cannot be loaded."""
 
 
-def build_resnet_fpn(*, depth: int, weights: str = "none", fpn_channels: int = 256) -> BackboneWithFPN:
+def build_resnet_fpn(*, depth: int, weights: str, fpn_channels: int) -> BackboneWithFPN:
     """ResNet-{18,34,50,101} with an FPN giving P3-P7 at strides 8-128.
 
     Args:

@@ -74,7 +74,7 @@ class DATEHead(nn.Module):
     """
 
     def __init__(self, *, channels: int, num_classes: int, strides: tuple[int, ...], branches: tuple[str, ...],
-                 num_convs: int = 4, use_3dmf: bool = False, prior_prob: float = 0.01):
+                 num_convs: int, use_3dmf: bool, prior_prob: float):
         super().__init__()
         if not branches or not set(branches) <= set(BRANCHES):
             raise ValueError(f"branches={branches!r}: expected a non-empty subset of {BRANCHES}")
@@ -94,8 +94,6 @@ class DATEHead(nn.Module):
             self.predictors["o2m"] = nn.ModuleDict({"cls": conv(num_classes), "box": conv(4), "ctr": conv(1)})
         self.max_filter = MaxFiltering3D(channels=channels) if use_3dmf else None
         self.filter_predictor = conv(1) if use_3dmf else None
-        if use_3dmf and "o2o" not in branches:
-            raise ValueError("use_3dmf filters the one-to-one branch; it needs assigner.mode o2o or dual")
 
         for module in self.modules():
             if isinstance(module, nn.Conv2d):

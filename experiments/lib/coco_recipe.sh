@@ -1,26 +1,25 @@
 # Shared body of the COCO recipes (experiments/coco_*.sh); sourced, not run.
-# coco_recipe NAME BACKBONE SCHEDULE ASSIGNERS ASSIGNERS_3DMF [Hydra overrides ...]
-#   Two sweeps on SLURM (hydra/launcher=slurm), submitted together: ASSIGNERS without 3DMF and
-#   ASSIGNERS_3DMF with model.use_3dmf=true (3DMF filters the o2o score, so it has no o2m-only form).
-#   Then the convergence report over both sweeps and the NMS-free evidence on their final checkpoints.
-# Environment: COCO_ROOT (required), BACKBONE_WEIGHTS (imagenet, or /path/to/resnet50.pth offline),
-#   GPUS (8: GPUs per run, 16/GPUS images per GPU = the paper's 16 per step), SEEDS (0), PYTHON, SWEEP_DIR, OUT.
+# coco_recipe EXPERIMENT ASSIGNERS ASSIGNERS_3DMF [Hydra overrides ...]
+#   Two sweeps on SLURM, submitted together: experiment=EXPERIMENT over ASSIGNERS, and
+#   experiment=EXPERIMENT_3dmf over ASSIGNERS_3DMF (3DMF filters the o2o score: it has no o2m-only form).
+#   Every hyperparameter is in conf/experiment/EXPERIMENT.yaml (`--cfg job` prints them). Then the
+#   convergence report over both sweeps and the NMS-free evidence on their final checkpoints.
+# Environment: COCO_ROOT (required), SEEDS (0), PYTHON, SWEEP_DIR, OUT. Other settings are overrides,
+#   e.g. backbone.weights=/path/to/resnet50.pth offline, or fewer GPUs (16 images per step in all):
+#   hydra.launcher.gpus_per_node=4 hydra.launcher.tasks_per_node=4 batch_size=4
 coco_recipe() {
-  local name=$1 backbone=$2 schedule=$3 assigners=$4 assigners_3dmf=$5
-  shift 5
+  local name=$1 assigners=$2 assigners_3dmf=$3
+  shift 3
   : "${COCO_ROOT:?set COCO_ROOT to the COCO 2017 folder (annotations/, train2017/, val2017/)}"
-  local python=${PYTHON:-python} gpus=${GPUS:-8}
+  local python=${PYTHON:-python}
   local sweep_dir=${SWEEP_DIR:-multirun/$name/$(date +%Y-%m-%d_%H-%M-%S)}
   local out=${OUT:-$sweep_dir/analysis}
-  local common=(name="$name" tracking.experiment="$name" hydra/launcher=slurm dataset=coco dataset.root="$COCO_ROOT"
-                backbone="$backbone" backbone.weights="${BACKBONE_WEIGHTS:-imagenet}" schedule="$schedule"
-                seed="${SEEDS:-0}" batch_size=$((16 / gpus)) hydra.launcher.gpus_per_node="$gpus"
-                hydra.launcher.tasks_per_node="$gpus")
+  local common=(dataset.root="$COCO_ROOT" seed="${SEEDS:-0}")
   # Each multirun blocks until its SLURM array is done; both arrays wait in the queue at once.
-  "$python" -m date.train -m "${common[@]}" assigner="$assigners" model.use_3dmf=false \
+  "$python" -m date.train -m experiment="$name" "${common[@]}" assigner="$assigners" \
     hydra.sweep.dir="$sweep_dir/plain" "$@" &
   local plain=$!
-  "$python" -m date.train -m "${common[@]}" assigner="$assigners_3dmf" model.use_3dmf=true \
+  "$python" -m date.train -m experiment="${name}_3dmf" "${common[@]}" assigner="$assigners_3dmf" \
     hydra.sweep.dir="$sweep_dir/3dmf" "$@" &
   local with_3dmf=$!
   wait "$plain"

@@ -1,52 +1,46 @@
-"""The training loop in-process: lr schedule, optimiser groups, checkpoints, repeatability, resume, NaN stop."""
+"""The trainer in-process: lr schedule, optimiser groups, checkpoints, repeatability, resume, NaN stop."""
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-import date.config  # noqa: F401  (registers the config schema conf/config.yaml builds on)
-from date.runtime import checkpoint as ckpt
-from date import engine
-from date.branch_weighting import BranchWeighting
+from conftest import compose_config
+from date import trainer
 from date.data.build import build_datasets
-from date.modeling.build import build_detector
+from date.modeling.build import build_criterion, build_detector
+from date.runtime import checkpoint as ckpt
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+# 2 epochs x 4 iterations of batch 2 on the CPU, lr x0.1 after the first
+RUN = ["dataset.num_train=8", "dataset.num_val=4", "batch_size=2", "num_workers=0", "schedule.epochs=2",
+       "schedule.lr_steps=[1]", "schedule.warmup_iters=2", "schedule.warmup_ratio=0.1", "log_every=1"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(config, train set of 8 images, val set of 4) from the real synthetic preset."""
-    cache = tmp_path_factory.mktemp("engine_data")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["dataset.num_train=8", "dataset.num_val=4",
-                                                       f"dataset.cache_dir={cache}"])
+    cfg = compose_config([*RUN, f"dataset.cache_dir={tmp_path_factory.mktemp('engine_data')}"])
     train_set, val_set = build_datasets(cfg.dataset)
     return cfg, train_set, val_set
 
 
 def _model(cfg, num_classes, seed=0):
     torch.manual_seed(seed)
-    return build_detector(backbone=cfg.backbone, assigner=cfg.assigner, model=cfg.model, num_classes=num_classes)
+    return build_detector(cfg, num_classes=num_classes)
 
 
-def _train(setup, run_dir, *, model=None, **overrides):
-    """2 epochs x 4 iterations of batch 2 on the CPU."""
+def _train(setup, run_dir, *, model=None, criterion=None, resume_from=None, checkpoint_every_iters=0):
     cfg, train_set, val_set = setup
-    args = dict(model=model or _model(cfg, train_set.num_classes), train_set=train_set, val_set=val_set,
-                run_dir=run_dir, device=torch.device("cpu"), amp=False, seed=0, batch_size=2, num_workers=0,
-                epochs=2, lr_steps=[1], warmup_iters=2, warmup_ratio=0.1, max_iters=None, lr=4e-4,
-                weight_decay=1e-4, backbone_lr_mult=0.1, clip_grad_norm=0.1, branch_weighting=BranchWeighting(),
-                loss_weights=dict(cfg.model.loss_weights), eval_every=1, checkpoint_every_iters=0, log_every=1)
-    args.update(overrides)
-    return engine.train(**args)
+    cfg = cfg.copy()
+    cfg.checkpoint_every_iters = checkpoint_every_iters
+    return trainer.Trainer(cfg, model=model or _model(cfg, train_set.num_classes),
+                           criterion=criterion or build_criterion(cfg), train_set=train_set, val_set=val_set,
+                           run_dir=run_dir, device=torch.device("cpu"), resume_from=resume_from).fit()
 
 
 def test_lr_factor_warmup_then_steps():
-    f = lambda it: engine.lr_factor(it, warmup_iters=10, warmup_ratio=0.001, milestones=[20, 30])  # noqa: E731
+    f = lambda it: trainer.lr_factor(it, warmup_iters=10, warmup_ratio=0.001, milestones=[20, 30])  # noqa: E731
     assert f(0) == pytest.approx(0.001)
     assert f(5) == pytest.approx(0.001 * 0.5 + 0.5)
     assert f(10) == f(19) == 1.0
@@ -57,7 +51,7 @@ def test_lr_factor_warmup_then_steps():
 def test_optimizer_groups(setup):
     cfg, train_set, _ = setup
     model = _model(cfg, train_set.num_classes)
-    opt = engine.build_optimizer(model, lr=1.0, weight_decay=0.5, backbone_lr_mult=0.1)
+    opt = trainer.build_optimizer(model, lr=1.0, weight_decay=0.5, backbone_lr_mult=0.1)
     by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
         group = by_id[id(p)]
@@ -89,18 +83,16 @@ def test_same_seed_same_run_and_resume_matches(setup, tmp_path, monkeypatch, one
     assert set(first) >= {"val/AP", "val/AP50", "val/APl", "val/ARl", "train/loss"}
     assert _train(setup, tmp_path / "b") == first
 
-    real_total_loss, calls = engine.total_loss, []
+    criterion, calls = build_criterion(setup[0]), []
 
     def dies_at_iteration_8(*args, **kwargs):
         calls.append(1)
         if len(calls) == 8:
             raise KeyboardInterrupt  # stands in for a kill: nothing after it runs
-        return real_total_loss(*args, **kwargs)
+        return criterion(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "total_loss", dies_at_iteration_8)
     with pytest.raises(KeyboardInterrupt):
-        _train(setup, tmp_path / "c", checkpoint_every_iters=3)
-    monkeypatch.setattr(engine, "total_loss", real_total_loss)
+        _train(setup, tmp_path / "c", checkpoint_every_iters=3, criterion=dies_at_iteration_8)
     saved = ckpt.load(tmp_path / "c" / ckpt.LAST)
     assert (saved["global_iter"], saved["epoch"], saved["iter_in_epoch"]) == (6, 1, 2)  # mid-epoch
     torch.manual_seed(123)  # the resumed process starts from other RNG states; the checkpoint restores them
@@ -109,20 +101,19 @@ def test_same_seed_same_run_and_resume_matches(setup, tmp_path, monkeypatch, one
 
 
 def test_nan_loss_stops_naming_iteration_and_term_without_checkpoint(setup, tmp_path, monkeypatch, one_thread):
-    cfg, train_set, _ = setup
-    model = _model(cfg, train_set.num_classes)
-    real_forward, calls = model.forward, []
+    criterion = build_criterion(setup[0])
+    real_o2m_losses, calls = criterion.o2m_losses, []
 
-    def forward(images, targets):  # the model's third forward returns a NaN o2m/iou term
+    def o2m_losses(*args):  # the third step's o2m/iou term is NaN
         calls.append(1)
-        terms = real_forward(images, targets)
+        terms = real_o2m_losses(*args)
         if len(calls) == 3:
             terms["o2m/iou"] = terms["o2m/iou"] * float("nan")
         return terms
 
-    monkeypatch.setattr(model, "forward", forward)
-    with pytest.raises(engine.NonFiniteLossError) as info:
-        _train(setup, tmp_path, model=model, checkpoint_every_iters=2)
+    monkeypatch.setattr(criterion, "o2m_losses", o2m_losses)
+    with pytest.raises(trainer.NonFiniteLossError) as info:
+        _train(setup, tmp_path, criterion=criterion, checkpoint_every_iters=2)
     message = str(info.value)
     assert "iteration 3 " in message and "o2m/iou is nan" in message and "last.pth" in message
     saved = ckpt.load(tmp_path / ckpt.LAST)
