@@ -25,7 +25,8 @@ from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from date.branch_weighting import BranchWeighting
 from date.choice import Choice
-from date.data.build import Augmentation, DatasetConfig
+from date.data.build import DatasetConfig
+from date.data.transforms import Augmentation
 
 LOSS_TERMS = ("o2o/cls", "o2o/l1", "o2o/giou", "o2m/cls", "o2m/iou", "o2m/ctr")
 # Keys that may differ when a run resumes (they do not change what is trained, or only how it runs).

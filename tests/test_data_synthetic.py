@@ -6,6 +6,8 @@ import contextlib
 import hashlib
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,13 +123,15 @@ def test_describe_counts(tmp_path):
     assert stats["objects_per_image"]["min"] <= stats["objects_per_image"]["mean"] <= stats["objects_per_image"]["max"]
 
 
-def test_cli_prints_statistics(tmp_path, capsys):
-    synthetic.main(["--stats", "--cache-dir", str(tmp_path), "num_train=3", "num_val=2", "image_size=64",
-                    "max_objects=5"])
-    out = capsys.readouterr().out
-    assert "generated in" in out and "objects_per_level" in out and "--- val" in out
-    synthetic.main(["--cache-dir", str(tmp_path), "num_train=3", "num_val=2", "image_size=64", "max_objects=5"])
-    assert "found in cache" in capsys.readouterr().out
+def test_cli_prints_statistics(tmp_path):
+    args = [sys.executable, "-m", "date.data.synthetic", "--cache-dir", str(tmp_path), "num_train=3", "num_val=2",
+            "image_size=64", "max_objects=5"]
+    first = subprocess.run([*args, "--stats"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "generated in" in first.stdout and "objects_per_level" in first.stdout and "--- val" in first.stdout
+    assert "size_of_interest: [16.0, 32.0, 64.0, 128.0]" in first.stdout  # the schema's default, as training has it
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert "found in cache" in again.stdout and "RuntimeWarning" not in again.stderr
 
 
 def test_bad_parameters_raise_dataset_error():

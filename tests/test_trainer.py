@@ -1,6 +1,5 @@
 """The trainer in-process: lr schedule, optimiser groups, checkpoints, repeatability, resume, NaN stop."""
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest

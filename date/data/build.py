@@ -15,7 +15,7 @@ from date.choice import Choice
 from .coco import CocoDetection
 from .errors import DatasetError
 from .synthetic import SyntheticParams, ensure_synthetic
-from .transforms import Augmentation, build_transforms
+from .transforms import build_transforms
 
 __all__ = ["DatasetConfig", "build_datasets", "build_val_dataset", "transform_sizes"]
 

@@ -82,8 +82,22 @@ def clean_annotations(data: dict, ann_file: Path, image_dir: Path) -> dict:
         raise DatasetError(f"Annotation file {ann_file} has an empty 'categories' list; detection needs "
                            "at least one category.")
 
+    images = _checked_images(data["images"], ann_file, image_dir)
+    cat_ids = _checked_category_ids(data["categories"], ann_file)
+    sizes = {im["id"]: (im["width"], im["height"]) for im in images}
+    _check_references(anns, sizes, cat_ids, ann_file)
+    cleaned = _clean_boxes(anns, sizes, ann_file)
+    out = {k: v for k, v in data.items() if k not in ("images", "annotations")}
+    out["images"], out["annotations"] = images, cleaned
+    out.setdefault("info", {})  # some pycocotools versions' loadRes read it unconditionally
+    out.setdefault("licenses", [])
+    return out
+
+
+def _checked_images(entries: list, ann_file: Path, image_dir: Path) -> list[dict]:
+    """Copies of the 'images' entries: unique integer ids, files present, width / height known."""
     images, seen = [], set()
-    for i, im in enumerate(data["images"]):
+    for i, im in enumerate(entries):
         if not isinstance(im, dict) or not _is_int(im.get("id")) or not isinstance(im.get("file_name"), str):
             raise DatasetError(f"Annotation file {ann_file}: images[{i}] needs an integer 'id' and a string "
                                f"'file_name', got {str(im)[:200]}.")
@@ -100,9 +114,12 @@ def clean_annotations(data: dict, ann_file: Path, image_dir: Path) -> dict:
     for im in images:
         if not (_is_number(im.get("width")) and _is_number(im.get("height")) and im["width"] > 0 and im["height"] > 0):
             im["width"], im["height"] = _image_size(image_dir / im["file_name"])
+    return images
 
+
+def _checked_category_ids(entries: list, ann_file: Path) -> set[int]:
     cat_ids = set()
-    for i, c in enumerate(data["categories"]):
+    for i, c in enumerate(entries):
         if not isinstance(c, dict) or not _is_int(c.get("id")):
             raise DatasetError(f"Annotation file {ann_file}: categories[{i}] needs an integer 'id', got "
                                f"{str(c)[:200]}.")
@@ -110,8 +127,11 @@ def clean_annotations(data: dict, ann_file: Path, image_dir: Path) -> dict:
             raise DatasetError(f"Annotation file {ann_file}: category id {c['id']} appears twice in "
                                "'categories'. Category ids must be unique.")
         cat_ids.add(c["id"])
+    return cat_ids
 
-    sizes = {im["id"]: (im["width"], im["height"]) for im in images}
+
+def _check_references(anns: list, sizes: dict, cat_ids: set[int], ann_file: Path) -> None:
+    """Every annotation names a listed image and a listed category."""
     bad_image = [a.get("image_id") for a in anns if isinstance(a, dict) and a.get("image_id") not in sizes]
     if bad_image:
         raise DatasetError(f"Annotation file {ann_file}: annotations refer to image_id(s) that are not in "
@@ -123,6 +143,9 @@ def clean_annotations(data: dict, ann_file: Path, image_dir: Path) -> dict:
                            f"'categories' ({_examples(sorted(cat_ids))}): {_examples(bad_cat)}. Add those "
                            "categories or remove the annotations.")
 
+
+def _clean_boxes(anns: list, sizes: dict, ann_file: Path) -> list[dict]:
+    """Boxes clipped to their image, degenerate ones dropped (one warning), iscrowd / area / ids filled in."""
     cleaned, degenerate, outside = [], 0, 0
     for i, a in enumerate(anns):
         if not isinstance(a, dict):
@@ -156,11 +179,7 @@ def clean_annotations(data: dict, ann_file: Path, image_dir: Path) -> dict:
         logger.info("%s: annotation ids missing, repeated or < 1; renumbered from 1.", ann_file)
         for k, a in enumerate(cleaned):
             a["id"] = k + 1
-    out = {k: v for k, v in data.items() if k not in ("images", "annotations")}
-    out["images"], out["annotations"] = images, cleaned
-    out.setdefault("info", {})  # some pycocotools versions' loadRes read it unconditionally
-    out.setdefault("licenses", [])
-    return out
+    return cleaned
 
 
 def _image_size(path: Path) -> tuple[int, int]:

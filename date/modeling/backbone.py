@@ -4,7 +4,6 @@ import urllib.error
 from pathlib import Path
 
 import torch
-from torch import nn
 from torchvision import models
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d

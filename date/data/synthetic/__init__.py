@@ -20,7 +20,6 @@ output is byte-identical for the same parameters whatever the number of worker p
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -39,6 +38,8 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from date.data.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,6 @@ class SyntheticParams:
     noise: float = 8.0  # std of the per-pixel Gaussian noise (0..255 scale)
 
     def __post_init__(self) -> None:
-        from .errors import DatasetError
-
         problems = []
         if not 1 <= self.num_classes <= len(CLASSES):
             problems.append(f"num_classes={self.num_classes} (must be 1..{len(CLASSES)})")
@@ -433,8 +432,6 @@ def ensure_synthetic(
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        from .errors import DatasetError
-
         raise DatasetError(
             f"Cannot create the synthetic dataset cache folder {base}: {e}. Point dataset.cache_dir "
             f"(or the {CACHE_ENV} environment variable) at a writable folder."
@@ -553,54 +550,3 @@ def describe(
         "objects_touching_border": int(border),
         "same_image_box_pairs": {k: int(v) for k, v in pairs.items()},
     }
-
-
-def compose_dataset(preset: str, overrides: Sequence[str]) -> Any:
-    """The ``dataset`` node exactly as ``python -m date.train dataset=<preset> dataset.<key>=...`` composes it."""
-    from hydra import compose, initialize
-
-    import date.config  # noqa: F401  (registers the schema conf/config.yaml builds on)
-
-    with initialize(config_path="../../conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"dataset={preset}", *(f"dataset.{o}" for o in overrides)])
-    return cfg.dataset
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m date.data.synthetic",
-        description="Generate (or find in the cache) the synthetic benchmark and print its statistics.",
-    )
-    parser.add_argument("--preset", default="synthetic", help="dataset=<preset> (conf/dataset/; default: synthetic)")
-    parser.add_argument("--stats", action="store_true", help="print statistics of both splits")
-    parser.add_argument("--fresh", action="store_true",
-                        help="generate into a temporary cache (timing a cold generation) instead of the real one")
-    parser.add_argument("--cache-dir", default=None, help="overrides dataset.cache_dir and $" + CACHE_ENV)
-    parser.add_argument("overrides", nargs="*", help="dataset keys, e.g. num_train=500 image_size=128")
-    args = parser.parse_args(argv)
-
-    cfg = compose_dataset(args.preset, args.overrides)
-    params = SyntheticParams.from_config(cfg)
-    with contextlib.ExitStack() as stack:
-        cache = args.cache_dir or cfg.cache_dir
-        if args.fresh:
-            cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="date-synthetic-"))
-        existed = (resolve_cache_dir(cache) / "synthetic" / params.folder_name()).is_dir()
-        start = time.perf_counter()
-        root = ensure_synthetic(params, cache_dir=cache)
-        elapsed = time.perf_counter() - start
-        print(f"dataset: {root if not args.fresh else params.folder_name() + ' (temporary)'}")
-        print(f"parameters: {json.dumps(dataclasses.asdict(params))}")
-        print(f"found in cache ({elapsed:.2f} s)" if existed else f"generated in {elapsed:.2f} s")
-        if args.stats:
-            for split in ("train", "val"):
-                stats = describe(root / f"instances_{split}.json", size_of_interest=list(cfg.size_of_interest))
-                print(f"--- {split}")
-                for k, v in stats.items():
-                    if k != "ann_file":
-                        print(f"{k}: {v}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The layout shows the architecture: no import cycle, entrypoints that do not import each other, analysis
+without the training loop, and functions that fit on a screen. Read from the source with ``ast``."""
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("date", "analysis")
+ENTRYPOINTS = ("date.train", "date.evaluate", "date.bench", "analysis.convergence", "analysis.duplicates")
+MAX_FUNCTION_LINES = 80
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The project modules ``name`` imports anywhere in its file (module level or inside functions)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets.add(base)
+            targets.update(f"{base}.{alias.name}" for alias in node.names)
+    return {t for t in targets if t in MODULES and t != name}
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _cycle() -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(GRAPH[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(GRAPH):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def _reachable(start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in GRAPH[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_the_import_graph_has_no_cycle():
+    assert len(MODULES) > 30 and GRAPH["date.train"]  # the graph was read
+    assert _cycle() is None, f"import cycle: {' -> '.join(_cycle())}"
+
+
+@pytest.mark.parametrize("entrypoint", ENTRYPOINTS)
+def test_entrypoints_do_not_import_each_other(entrypoint):
+    assert not (_reachable(entrypoint) & (set(ENTRYPOINTS) - {entrypoint}))
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith("analysis")])
+def test_analysis_needs_no_training_loop(module):
+    assert not (_reachable(module) & {"date.trainer", "date.train"}), module
+
+
+def test_the_method_does_not_depend_on_the_runtime():
+    method = ["date.assign", "date.losses", "date.box_ops", "date.criterion", "date.modeling.detector",
+              "date.modeling.head", "date.modeling.backbone"]
+    for module in method:
+        assert not {m for m in _reachable(module) if m.startswith("date.runtime")}, module
+
+
+def test_no_function_is_longer_than_a_screen():
+    too_long = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({length} lines)")
+    assert not too_long, too_long
