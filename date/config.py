@@ -103,7 +103,7 @@ class AssignerConfig:
 
 
 def _loss_weights_ok(weights: Any) -> bool:
-    return set(weights) <= set(LOSS_TERMS) and all(w >= 0 for w in weights.values())
+    return set(weights) == set(LOSS_TERMS) and all(w >= 0 for w in weights.values())
 
 
 @dataclass
@@ -120,7 +120,7 @@ class ModelConfig:
     # per-term weights (DATE's table); override as 'model.loss_weights={o2o/cls:2.0,...}'
     loss_weights: Dict[str, float] = checked(
         {"o2o/cls": 2.0, "o2o/l1": 5.0, "o2o/giou": 2.0, "o2m/cls": 1.0, "o2m/iou": 1.0, "o2m/ctr": 1.0},
-        _loss_weights_ok, f"weights >= 0 for keys among {list(LOSS_TERMS)}")
+        _loss_weights_ok, f"a weight >= 0 for each of {list(LOSS_TERMS)}")
 
 
 @dataclass

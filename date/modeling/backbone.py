@@ -35,9 +35,7 @@ def build_resnet_fpn(*, depth: int, weights: str, fpn_channels: int) -> Backbone
     Returns:
         A module mapping images [B, 3, H, W] to an OrderedDict of 5 maps [B, fpn_channels, H/s, W/s].
     """
-    if depth not in RESNETS:
-        raise ValueError(f"backbone.depth={depth}: expected one of {sorted(RESNETS)}")
-    constructor, imagenet = RESNETS[depth]
+    constructor, imagenet = RESNETS[depth]  # backbone.depth is checked by the schema
     if weights == "none":
         resnet = constructor(weights=None)
     else:
