@@ -72,7 +72,7 @@ def coco_stats(coco_gt: COCO, results: list[dict], image_ids: Iterable[int] | No
 
 @torch.no_grad()
 def predict_coco(*, model: torch.nn.Module, loader: Iterable, label_to_category_id: Sequence[int],
-                 device: torch.device, amp: bool = False) -> tuple[list[dict], list[int]]:
+                 device: torch.device, amp: bool = False, branch: str | None = None) -> tuple[list[dict], list[int]]:
     """Run ``model.predict`` over ``loader``; returns (COCO result records, the image ids seen).
 
     Args:
@@ -80,6 +80,7 @@ def predict_coco(*, model: torch.nn.Module, loader: Iterable, label_to_category_
         loader: yields (images [B, 3, Hp, Wp], targets) as described in date/data.
         label_to_category_id: contiguous label -> COCO category id.
         amp: run the forward under bf16 autocast.
+        branch: the branch to evaluate (None: the model's inference branch; see DATEDetector.predict).
     """
     was_training = model.training
     model.eval()
@@ -89,7 +90,7 @@ def predict_coco(*, model: torch.nn.Module, loader: Iterable, label_to_category_
         for images, targets in loader:
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 predictions = model.predict(images.to(device, non_blocking=True),
-                                            [tuple(t["image_size"]) for t in targets])
+                                            [tuple(t["image_size"]) for t in targets], branch=branch)
             results += to_coco_results(predictions, targets, label_to_category_id)
             image_ids += [int(t["image_id"]) for t in targets]
     finally:

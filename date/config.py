@@ -55,6 +55,20 @@ class O2MRule(Choice):
     topk = "topk"
 
 
+class BoxCoding(Choice):
+    """How the o2m branch turns its box output x into ltrb distances."""
+
+    exp = "exp"  # exp(scale * x) pixels: the paper's FCOS
+    linear = "linear"  # relu(scale * x) * stride: torchvision's FCOS (and the o2o branch)
+
+
+class O2MBoxLoss(Choice):
+    """The o2m branch's box term ("o2m/iou")."""
+
+    log_iou = "log_iou"  # -log IoU weighted by the centerness targets, / their sum: the paper's FCOS
+    giou = "giou"  # 1 - GIoU, / the positives, unweighted: torchvision's FCOS
+
+
 BRANCHES = {Mode.o2m: ("o2m",), Mode.o2o: ("o2o",), Mode.dual: ("o2o", "o2m")}  # what each mode trains
 
 
@@ -110,6 +124,10 @@ def _loss_weights_ok(weights: Any) -> bool:
 class ModelConfig:
     num_convs: int = at_least(4, 0)  # conv-GN-ReLU blocks in each of the two shared head towers
     use_3dmf: bool = False  # true: DeFCN's 3D max filtering on the o2o scores (DATE-F-3DMF)
+    share_towers: bool = True  # both branches on the same towers and Scales (the paper; share_stacked_convs)
+    o2m_box_coding: BoxCoding = BoxCoding.exp  # o2m ltrb: exp (the paper) | linear (torchvision)
+    o2m_box_loss: O2MBoxLoss = O2MBoxLoss.log_iou  # o2m box term: log_iou (the paper) | giou (torchvision)
+    o2m_detach: bool = False  # diagnostic: the o2m loss trains only the o2m predictors (no shared gradient)
     prior_prob: float = checked(0.01, lambda v: 0.0 < v < 1.0, "a probability in (0, 1)")  # classifier bias init
     score_thresh: float = checked(0.01, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")  # inference: drop pairs below
     topk_candidates: int = at_least(100, 1)  # inference: (location, class) pairs kept per FPN level
@@ -183,6 +201,7 @@ class TrainConfig:
     batch_size: int = at_least(8, 1)  # images per process per step
     num_workers: int = at_least(2, 0)  # data-loading processes per training process (0: the main process)
     eval_every: int = at_least(1, 1)  # COCO evaluation every N epochs (and always at the end)
+    eval_o2m_branch: bool = True  # dual: also evaluate the o2m branch (+ NMS) as val/o2m/* (a diagnostic)
     checkpoint_every_iters: int = at_least(0, 0)  # also write last.pth every N iterations (0: at epoch ends only)
     log_every: int = at_least(20, 1)  # log line + MLflow train/* metrics every N iterations (and at the last)
     resume: bool = True  # continue from <run dir>/last.pth if it exists; false: start over there

@@ -46,13 +46,15 @@ class DATECriterion:
         o2m: FCOSAssigner or TopKAssigner, or None (the POTO baseline).
         Every assigner is called as ``assigner(cls_logits [B, N, C], pred_boxes [B, N, 4], loc, gt)`` with
         its own branch's detached predictions (date/assign).
+        o2m_box_loss: "log_iou" (the paper) or "giou" (torchvision), the "o2m/iou" term (model.o2m_box_loss).
         term_weights: {"o2o/cls": 2.0, ...} (model.loss_weights).
         branch_weighting: training progress in [0, 1] -> {"o2m": w, "o2o": w}.
     """
 
-    def __init__(self, *, o2o: Optional[POTO], o2m: FCOSAssigner | TopKAssigner | None,
+    def __init__(self, *, o2o: Optional[POTO], o2m: FCOSAssigner | TopKAssigner | None, o2m_box_loss: str,
                  term_weights: Mapping[str, float], branch_weighting: Callable[[float], Mapping[str, float]]):
         self.assigners = {name: a for name, a in (("o2o", o2o), ("o2m", o2m)) if a is not None}
+        self.o2m_box_loss = o2m_box_loss
         self.term_weights = dict(term_weights)
         self.branch_weighting = branch_weighting
 
@@ -107,7 +109,8 @@ class DATECriterion:
         if len(b) == 0:
             zero = _zero_keeping_graph(out["ltrb"]) + _zero_keeping_graph(out["ctr"])
             return {"o2m/cls": cls, "o2m/iou": zero, "o2m/ctr": zero}
-        box = o2m_box_losses(boxes[b, pos_loc], gt_boxes, out["ctr"][b, pos_loc], ctr_targets, num_pos, ctr_sum)
+        box = o2m_box_losses(boxes[b, pos_loc], gt_boxes, out["ctr"][b, pos_loc], ctr_targets, num_pos, ctr_sum,
+                             box_loss=self.o2m_box_loss)
         return {"o2m/cls": cls, "o2m/iou": box["iou"], "o2m/ctr": box["ctr"]}
 
 

@@ -57,17 +57,24 @@ def centerness_targets(ltrb: Tensor) -> Tensor:
 
 
 def o2m_box_losses(pred_boxes: Tensor, gt_boxes: Tensor, ctr_logits: Tensor, ctr_targets: Tensor,
-                   num_pos: Tensor, ctr_sum: Tensor) -> dict[str, Tensor]:
+                   num_pos: Tensor, ctr_sum: Tensor, *, box_loss: str) -> dict[str, Tensor]:
     """FCOS box terms of the one-to-many branch.
 
     Args:
         pred_boxes, gt_boxes (Tensor[P, 4]) xyxy; ctr_logits, ctr_targets (Tensor[P]).
         num_pos, ctr_sum (Tensor[]): positives and summed centerness targets, averaged over processes.
+        box_loss: "log_iou" (the paper's FCOS) or "giou" (torchvision's FCOS).
     Returns:
-        {"iou": sum(-log IoU * ctr) / ctr_sum, "ctr": BCE sum / num_pos}
+        {"iou": sum(-log IoU * ctr) / ctr_sum  or  sum(1 - GIoU) / num_pos, "ctr": BCE sum / num_pos}
     """
-    iou = aligned_iou(pred_boxes, gt_boxes).clamp(min=1e-6)
+    if box_loss == "giou":
+        box = generalized_box_iou_loss(pred_boxes, gt_boxes, reduction="sum") / num_pos
+    elif box_loss == "log_iou":
+        iou = aligned_iou(pred_boxes, gt_boxes).clamp(min=1e-6)
+        box = (-iou.log() * ctr_targets).sum() / ctr_sum
+    else:
+        raise ValueError(f"box_loss={box_loss!r}: expected 'log_iou' or 'giou'")
     return {
-        "iou": (-iou.log() * ctr_targets).sum() / ctr_sum,
+        "iou": box,
         "ctr": F.binary_cross_entropy_with_logits(ctr_logits.float(), ctr_targets, reduction="sum") / num_pos,
     }

@@ -288,20 +288,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation and checkpoints
     def evaluate(self, epochs_done: int) -> None:
-        """Every process predicts its shard of the val split; rank 0 gathers, scores and logs."""
-        loader = build_eval_loader(self.val_set, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
-                                   rank=self.dist.rank, world_size=self.dist.world_size)
-        results, image_ids = predict_coco(model=self.model, loader=loader, device=self.device, amp=self.amp,
-                                          label_to_category_id=self.val_set.label_to_category_id)
-        if self.dist.world_size > 1:
-            shards = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(shards, (results, image_ids))
-            results = [r for shard_results, _ in shards for r in shard_results]
-            image_ids = [i for _, shard_ids in shards for i in shard_ids]
+        """COCO evaluation of the inference branch (val/*) and, for DATE, of its o2m branch with NMS
+        (val/o2m/*, when eval_o2m_branch): rank 0 scores, records and logs."""
+        results, image_ids = self._predict_val(branch=None)
+        o2m = None
+        if self.cfg.eval_o2m_branch and self.model.inference_branch != "o2m" and "o2m" in self.model.head.branches:
+            o2m = self._predict_val(branch="o2m")
         if not self.dist.is_main:
             return
         stats = score(self.val_set.coco, results, image_ids)
         val = {f"val/{k}": v for k, v in stats.items()}
+        if o2m is not None:
+            o2m_stats = score(self.val_set.coco, *o2m)
+            val.update({f"val/o2m/{k}": v for k, v in o2m_stats.items()})
+            log.info("Evaluation after epoch %d, the o2m branch with NMS (diagnostic): AP %.4f  AP50 %.4f",
+                     epochs_done, o2m_stats["AP"], o2m_stats["AP50"])
         self.state["eval_history"].append({"epoch": epochs_done, **val})
         self.state["metrics"].update(val)
         (self.run_dir / "eval_results.json").write_text(json.dumps(self.state["eval_history"], indent=1))
@@ -311,6 +312,19 @@ class Trainer:
             self.tracker.flush(force=True)
         log.info("Evaluation after epoch %d: AP %.4f  AP50 %.4f  AP75 %.4f", epochs_done, stats["AP"],
                  stats["AP50"], stats["AP75"])
+
+    def _predict_val(self, *, branch: str | None) -> tuple[list[dict], list[int]]:
+        """Every process predicts its shard of the val split; all of it, gathered, on rank 0."""
+        loader = build_eval_loader(self.val_set, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
+                                   rank=self.dist.rank, world_size=self.dist.world_size)
+        results, image_ids = predict_coco(model=self.model, loader=loader, device=self.device, amp=self.amp,
+                                          label_to_category_id=self.val_set.label_to_category_id, branch=branch)
+        if self.dist.world_size > 1:
+            shards = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(shards, (results, image_ids))
+            results = [r for shard_results, _ in shards for r in shard_results]
+            image_ids = [i for _, shard_ids in shards for i in shard_ids]
+        return results, image_ids
 
     def save_last(self, *, finished: bool = False) -> None:
         """last.pth, atomically (rank 0): everything a resume needs."""

@@ -41,11 +41,15 @@ def test_o2m_box_losses_by_hand():
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0]])
     ctr = torch.tensor([1.0, 0.5])
     logits = torch.tensor([0.0, 2.0])
-    losses = o2m_box_losses(pred, gt, logits, ctr, torch.tensor(2.0), ctr.sum())
+    losses = o2m_box_losses(pred, gt, logits, ctr, torch.tensor(2.0), ctr.sum(), box_loss="log_iou")
     assert losses["iou"].item() == pytest.approx((0.0 + 0.5 * -math.log(0.5)) / 1.5, rel=1e-5)
     bce = -(1.0 * math.log(0.5) + 0.0) - (0.5 * math.log(torch.sigmoid(torch.tensor(2.0)).item())
                                           + 0.5 * math.log(1 - torch.sigmoid(torch.tensor(2.0)).item()))
     assert losses["ctr"].item() == pytest.approx(bce / 2, rel=1e-5)
+    # torchvision's FCOS recipe: 1 - GIoU per positive, not weighted by centerness, / positives
+    giou = o2m_box_losses(pred, gt, logits, ctr, torch.tensor(2.0), ctr.sum(), box_loss="giou")
+    assert giou["iou"].item() == pytest.approx((0.0 + (1 - 0.5)) / 2, rel=1e-5)  # nested boxes: GIoU = IoU
+    assert giou["ctr"].item() == losses["ctr"].item()
 
 
 def test_centerness_targets():

@@ -1,4 +1,5 @@
 """The trainer in-process: lr schedule, optimiser groups, checkpoints, repeatability, resume, NaN stop."""
+import json
 import random
 
 import numpy as np
@@ -29,10 +30,12 @@ def _model(cfg, num_classes, seed=0):
     return build_detector(cfg, num_classes=num_classes)
 
 
-def _train(setup, run_dir, *, model=None, criterion=None, resume_from=None, checkpoint_every_iters=0):
+def _train(setup, run_dir, *, model=None, criterion=None, resume_from=None, **keys):
+    """Train with the setup's config, top-level ``keys`` (checkpoint_every_iters=3, ...) changed."""
     cfg, train_set, val_set = setup
     cfg = cfg.copy()
-    cfg.checkpoint_every_iters = checkpoint_every_iters
+    for key, value in keys.items():
+        cfg[key] = value
     return trainer.Trainer(cfg, model=model or _model(cfg, train_set.num_classes),
                            criterion=criterion or build_criterion(cfg), train_set=train_set, val_set=val_set,
                            run_dir=run_dir, device=torch.device("cpu"), resume_from=resume_from).fit()
@@ -118,3 +121,14 @@ def test_nan_loss_stops_naming_iteration_and_term_without_checkpoint(setup, tmp_
     saved = ckpt.load(tmp_path / ckpt.LAST)
     assert saved["global_iter"] == 2 and not saved["finished"]  # the last good checkpoint, untouched
     assert not (tmp_path / ckpt.FINAL).exists()
+
+
+def test_dual_evaluates_its_o2m_branch_as_a_diagnostic(setup, tmp_path, one_thread):
+    both = _train(setup, tmp_path / "both")
+    assert {"val/o2m/AP", "val/o2m/AP50", "val/o2m/APl"} <= set(both)
+    history = json.loads((tmp_path / "both" / "eval_results.json").read_text())
+    assert [sorted(k for k in h if k.startswith("val/o2m/")) for h in history] == \
+        [sorted(k for k in both if k.startswith("val/o2m/"))] * 2  # both epochs
+    alone = _train(setup, tmp_path / "alone", eval_o2m_branch=False)
+    assert not any(k.startswith("val/o2m/") for k in alone)
+    assert alone["val/AP"] == both["val/AP"] and alone["train/loss"] == both["train/loss"]  # a diagnostic only

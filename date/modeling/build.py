@@ -24,7 +24,8 @@ def build_detector(cfg, *, num_classes: int) -> DATEDetector:
     body = build_resnet_fpn(depth=cfg.backbone.depth, weights=str(cfg.backbone.weights),
                             fpn_channels=cfg.backbone.fpn_channels)
     head = DATEHead(channels=cfg.backbone.fpn_channels, num_classes=num_classes, strides=STRIDES,
-                    branches=BRANCHES[mode], num_convs=m.num_convs, use_3dmf=m.use_3dmf, prior_prob=m.prior_prob)
+                    branches=BRANCHES[mode], num_convs=m.num_convs, use_3dmf=m.use_3dmf, prior_prob=m.prior_prob,
+                    share_towers=m.share_towers, o2m_box_coding=str(m.o2m_box_coding), o2m_detach=m.o2m_detach)
     return DATEDetector(backbone=body, head=head, strides=STRIDES, inference_branch="o2m" if mode == Mode.o2m else "o2o",
                         score_thresh=m.score_thresh, topk_candidates=m.topk_candidates,
                         detections_per_img=m.detections_per_img, nms_thresh=m.nms_thresh)
@@ -40,7 +41,7 @@ def build_criterion(cfg) -> DATECriterion:
     elif "o2m" in branches:
         o2m = FCOSAssigner(strides=STRIDES, size_of_interest=tuple(cfg.model.size_of_interest),
                            center_sampling_radius=a.fcos_center_sampling)
-    return DATECriterion(o2o=o2o, o2m=o2m, term_weights=cfg.model.loss_weights,
+    return DATECriterion(o2o=o2o, o2m=o2m, o2m_box_loss=str(cfg.model.o2m_box_loss), term_weights=cfg.model.loss_weights,
                          branch_weighting=OmegaConf.to_object(cfg.branch_weighting))
 
 

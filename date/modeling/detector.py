@@ -65,24 +65,27 @@ class DATEDetector(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def predict(self, images: Tensor, image_sizes: list[tuple[int, int]], *,
-                nms: bool | None = None) -> list[dict[str, Tensor]]:
-        """Detections per image; only the inference branch's predictors run.
+                nms: bool | None = None, branch: str | None = None) -> list[dict[str, Tensor]]:
+        """Detections per image; only one branch's predictors run.
 
         Args:
             images (Tensor[B, 3, H, W]); image_sizes: (h, w) of each unpadded image.
-            nms: None = the mode's own inference (NMS for the o2m FCOS baseline, none for o2o/dual).
+            nms: None = the branch's own inference (NMS for o2m, none for o2o).
                 False = the raw top ``detections_per_img`` by score, whatever the branch (analysis of
                 duplicates: what the o2m branch gives before NMS). True = NMS at ``nms_thresh`` on the
                 branch's candidates, whatever the branch.
+            branch: None = the inference branch (o2o for POTO and DATE, o2m for FCOS); "o2m" on a dual
+                model evaluates its auxiliary branch (a diagnostic: do the branches help or fight?).
         Returns:
             Per image "boxes" [K, 4] xyxy in input pixels (clipped), "scores" [K], "labels" [K] int64,
             K <= detections_per_img, sorted by score.
         """
-        use_nms = self.inference_branch == "o2m" if nms is None else bool(nms)
+        branch = branch or self.inference_branch
+        use_nms = branch == "o2m" if nms is None else bool(nms)
         features = list(self.backbone(images).values())
-        out = self.head(features, (self.inference_branch,))[self.inference_branch]
+        out = self.head(features, (branch,))[branch]
         loc = self._locations(features)
-        if self.inference_branch == "o2o":
+        if branch == "o2o":
             scores = o2o_logits(out).float().sigmoid()  # [B, N, C]
             per_level = self.topk_candidates
         else:

@@ -14,14 +14,12 @@ BRANCHES = ("o2o", "o2m")
 
 
 class Scale(nn.Module):
-    """A learnable scalar multiplier (one per FPN level)."""
+    """A learnable scalar multiplier of one FPN level's box output, read as ``.scale`` (the head multiplies
+    by it, or by its detached value for the o2m detach)."""
 
     def __init__(self, init: float = 1.0):
         super().__init__()
         self.scale = nn.Parameter(torch.tensor(float(init)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale
 
 
 def _tower(channels: int, num_convs: int) -> nn.Sequential:
@@ -61,7 +59,7 @@ def _flatten(maps: list[Tensor]) -> Tensor:
 
 
 class DATEHead(nn.Module):
-    """Shared towers + per-branch predictors.
+    """Towers (shared by both branches, as in the paper, or one set per branch) + per-branch predictors.
 
     Args:
         channels: input (FPN) and tower width D.
@@ -71,18 +69,31 @@ class DATEHead(nn.Module):
         num_convs: convs per tower (GN(32) + ReLU after each).
         use_3dmf: multiply the o2o score by a 3D-max-filter on the reg tower (DATE-F-3DMF).
         prior_prob: initial foreground probability of the classifiers.
+        share_towers: both branches on the same towers and Scales (the official ``share_stacked_convs``);
+            False gives the o2m branch its own (``o2m_towers``).
+        o2m_box_coding: "exp" (ltrb = exp(scale * x) pixels, the paper's FCOS) or "linear"
+            (relu(scale * x) * stride, torchvision's FCOS and the o2o branch).
+        o2m_detach: the o2m predictors see detached tower features and Scales, so the o2m loss trains
+            only them (a diagnostic: the branches then share no gradient).
     """
 
     def __init__(self, *, channels: int, num_classes: int, strides: tuple[int, ...], branches: tuple[str, ...],
-                 num_convs: int, use_3dmf: bool, prior_prob: float):
+                 num_convs: int, use_3dmf: bool, prior_prob: float, share_towers: bool, o2m_box_coding: str,
+                 o2m_detach: bool):
         super().__init__()
         if not branches or not set(branches) <= set(BRANCHES):
             raise ValueError(f"branches={branches!r}: expected a non-empty subset of {BRANCHES}")
         self.strides = tuple(strides)
         self.branches = tuple(branches)
+        self.o2m_box_coding, self.o2m_detach = str(o2m_box_coding), o2m_detach
         self.cls_tower = _tower(channels, num_convs)
         self.reg_tower = _tower(channels, num_convs)
         self.scales = nn.ModuleList(Scale(1.0) for _ in strides)
+        self.o2m_towers = None
+        if not share_towers and len(self.branches) > 1:
+            self.o2m_towers = nn.ModuleDict({"cls_tower": _tower(channels, num_convs),
+                                             "reg_tower": _tower(channels, num_convs),
+                                             "scales": nn.ModuleList(Scale(1.0) for _ in strides)})
 
         def conv(out_channels):
             return nn.Conv2d(channels, out_channels, 3, padding=1)
@@ -112,15 +123,15 @@ class DATEHead(nn.Module):
             {branch: outputs} with, flattened over levels,
             o2o: "cls" [B, N, C] logits, "ltrb" [B, N, 4] distances in pixels = relu(scale * x) * stride,
                  and with 3DMF "filter" [B, N] logits;
-            o2m: "cls" [B, N, C], "ltrb" [B, N, 4] = exp(scale * x) pixels, "ctr" [B, N] logits.
+            o2m: "cls" [B, N, C], "ltrb" [B, N, 4] pixels (see o2m_box_coding), "ctr" [B, N] logits.
         """
-        cls_feats = [self.cls_tower(x) for x in features]
-        reg_feats = [self.reg_tower(x) for x in features]
+        towers: dict[str, tuple] = {}  # tower set -> (cls features, reg features, per-level scales)
         out = {}
         for name in branches:
+            cls_feats, reg_feats, scales = self._towers(features, name, towers)
             pred = self.predictors[name]
-            raw = [scale(pred["box"](x)) for scale, x in zip(self.scales, reg_feats)]
-            if name == "o2o":
+            raw = [pred["box"](x) * scale for scale, x in zip(scales, reg_feats)]
+            if name == "o2o" or self.o2m_box_coding == "linear":
                 ltrb = [F.relu(r) * s for r, s in zip(raw, self.strides)]
             else:
                 # exp of a clamped log-distance: finite under bf16 and early in training.
@@ -132,3 +143,18 @@ class DATEHead(nn.Module):
                 filters = [self.filter_predictor(x) for x in self.max_filter(reg_feats)]
                 out[name]["filter"] = _flatten(filters)[..., 0]
         return out
+
+    def _towers(self, features: list[Tensor], branch: str, done: dict) -> tuple[list, list, list]:
+        """The tower features and Scales ``branch`` predicts from, each tower set run once per forward."""
+        unshared = branch == "o2m" and self.o2m_towers is not None
+        key = "o2m" if unshared else "shared"
+        if key not in done:
+            cls_tower, reg_tower, scales = ((self.o2m_towers["cls_tower"], self.o2m_towers["reg_tower"],
+                                             self.o2m_towers["scales"]) if unshared
+                                            else (self.cls_tower, self.reg_tower, self.scales))
+            done[key] = ([cls_tower(x) for x in features], [reg_tower(x) for x in features],
+                         [scale.scale for scale in scales])
+        cls_feats, reg_feats, scales = done[key]
+        if branch == "o2m" and self.o2m_detach:
+            return [x.detach() for x in cls_feats], [x.detach() for x in reg_feats], [s.detach() for s in scales]
+        return cls_feats, reg_feats, scales
