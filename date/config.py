@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from date.branch_weighting import BranchWeighting
 from date.choice import Choice
@@ -133,8 +133,11 @@ class ModelConfig:
     topk_candidates: int = at_least(100, 1)  # inference: (location, class) pairs kept per FPN level
     detections_per_img: int = at_least(100, 1)  # inference: detections kept per image
     nms_thresh: float = checked(0.6, lambda v: 0.0 < v <= 1.0, "an IoU in (0, 1]")  # NMS IoU, FCOS baseline only
-    # FCOS max(l, t, r, b) boundaries between P3..P7 in input pixels: the dataset's (they scale with the images)
-    size_of_interest: List[float] = II("dataset.size_of_interest")
+    # FCOS: the boundaries of max(l, t, r, b) between the ranges of P3..P7, in input pixels: the paper's
+    # (-1, 64], (64, 128], (128, 256], (256, 512], (512, inf): each level's upper bound is 8x its stride, whatever
+    # the image size, so that the o2m branch gets dense supervision (`python -m date.data.synthetic --stats`)
+    size_of_interest: List[float] = checked([64.0, 128.0, 256.0, 512.0], lambda v: len(v) == 4 and list(v) == sorted(v),
+                                            "4 increasing boundaries (P3|P4, P4|P5, P5|P6, P6|P7)")
     # per-term weights (DATE's table); override as 'model.loss_weights={o2o/cls:2.0,...}'
     loss_weights: Dict[str, float] = checked(
         {"o2o/cls": 2.0, "o2o/l1": 5.0, "o2o/giou": 2.0, "o2m/cls": 1.0, "o2m/iou": 1.0, "o2m/ctr": 1.0},

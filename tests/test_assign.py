@@ -168,3 +168,35 @@ def test_no_ground_truth_gives_no_positives():
                         center_sampling_radius=None) == -1).all()
     assert match_one_to_one_batched(torch.zeros(2, len(points), 0), torch.tensor([0, 0])).shape == (2, 0)
     assert np.array_equal(match_one_to_one(torch.zeros(5, 0)).numpy(), np.zeros(0))
+
+
+@pytest.mark.parametrize("size_of_interest", [(64.0, 128.0, 256.0, 512.0), (16.0, 32.0, 64.0, 128.0)])
+def test_the_statistics_count_the_positives_the_fcos_assigner_makes(size_of_interest):
+    """`python -m date.data.synthetic --stats` (numpy) and the training assigner (torch) agree per object."""
+    from date.assign import FCOSAssigner
+    from date.criterion import pad_targets
+    from date.data.synthetic import fcos_positives
+    from date.modeling.detector import Locations
+
+    strides, size = (8, 16, 32, 64, 128), 128
+    points, per_point_strides, level_sizes = [], [], []
+    for s in strides:
+        ys, xs = torch.meshgrid(torch.arange(size // s), torch.arange(size // s), indexing="ij")
+        points.append((torch.stack([xs, ys], -1).reshape(-1, 2).float() + 0.5) * s)
+        per_point_strides.append(torch.full((len(points[-1]),), float(s)))
+        level_sizes.append(len(points[-1]))
+    loc = Locations(torch.cat(points), torch.cat(per_point_strides), level_sizes)
+    g = torch.Generator().manual_seed(3)
+    targets = []
+    for _ in range(4):
+        xy = torch.rand(6, 2, generator=g) * 100
+        wh = torch.rand(6, 2, generator=g) * 90 + 6
+        targets.append({"boxes": torch.cat([xy, (xy + wh).clamp(max=size)], 1), "labels": torch.zeros(6, dtype=torch.long),
+                        "image_size": (size, size)})
+    assigner = FCOSAssigner(strides=strides, size_of_interest=size_of_interest, center_sampling_radius=None)
+    matched = assigner(None, None, loc, pad_targets(targets, torch.device("cpu")))  # [B, N]
+    bounds = [-1.0, *size_of_interest, float("inf")]
+    for b, t in enumerate(targets):
+        ours = torch.bincount(matched[b][matched[b] >= 0], minlength=6).tolist()
+        _, per_box = fcos_positives(t["boxes"].double().numpy(), (size, size), bounds, strides)
+        assert ours == per_box.tolist()

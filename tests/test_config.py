@@ -47,7 +47,8 @@ def test_defaults_and_choices():
     cfg = _compose()
     assert (cfg.backbone.depth, cfg.assigner.mode, cfg.schedule.epochs) == (18, "dual", 12)
     assert cfg.dataset.kind == "synthetic"
-    assert cfg.model.size_of_interest == cfg.dataset.size_of_interest
+    assert cfg.model.size_of_interest == [64, 128, 256, 512]  # the paper's FCOS ranges, whatever the dataset
+    assert "size_of_interest" not in cfg.dataset
     assert _compose(["assigner=dual_topk"]).assigner.o2m == "topk"
     assert _compose(["schedule=3x"]).schedule.lr_steps == [24, 33]
 
@@ -69,7 +70,7 @@ def test_every_assigner_option_builds_its_branches_and_assigners(option, trained
         o2m = criterion.assigners["o2m"]
         assert type(o2m) is o2m_rule
         assert o2m.k == 7 if o2m_rule is TopKAssigner else o2m.center_sampling_radius == 1.5
-        assert o2m_rule is TopKAssigner or o2m.level_ranges[1] == (16.0, 32.0)  # the dataset's size_of_interest
+        assert o2m_rule is TopKAssigner or o2m.level_ranges[1] == (64.0, 128.0)  # model.size_of_interest
     assert criterion.term_weights == dict(cfg.model.loss_weights)
     assert criterion.branch_weighting == OmegaConf.to_object(cfg.branch_weighting)
 

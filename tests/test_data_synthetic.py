@@ -129,7 +129,8 @@ def test_cli_prints_statistics(tmp_path):
     first = subprocess.run([*args, "--stats"], capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "generated in" in first.stdout and "objects_per_level" in first.stdout and "--- val" in first.stdout
-    assert "size_of_interest: [16.0, 32.0, 64.0, 128.0]" in first.stdout  # the schema's default, as training has it
+    assert "size_of_interest: [64.0, 128.0, 256.0, 512.0]" in first.stdout  # the schema's default, as training has it
+    assert "o2m_positives_per_object: {'mean'" in first.stdout and "objects_without_positive_pct" in first.stdout
     again = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert "found in cache" in again.stdout and "RuntimeWarning" not in again.stderr
 

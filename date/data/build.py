@@ -52,9 +52,6 @@ class DatasetConfig(SyntheticParams):
     # 3x crop branch: short side before the crop (DETR's 400/500/600), then the [min, max] crop side (384..600)
     multiscale_crop_resize: List[int] = field(default_factory=lambda: [80, 96, 112])
     multiscale_crop_size: List[int] = field(default_factory=lambda: [64, 112])
-    # --- model coupling: FCOS max(l,t,r,b) boundaries between P3..P7 in input pixels (COCO's / 4: coarser
-    # ratios leave objects without a positive at 128 px). `python -m date.data.synthetic --stats` shows the use
-    size_of_interest: List[float] = field(default_factory=lambda: [16.0, 32.0, 64.0, 128.0])
 
 
 def _value(cfg: Any, key: str) -> Any:

@@ -51,6 +51,8 @@ def checkpoint_config(saved: dict) -> DictConfig:
     if not all(k in config for k in ("backbone", "assigner", "model", "dataset")):
         raise CheckpointError("The checkpoint holds no training config (backbone / assigner / model / dataset); "
                               "only checkpoints written by date.train can be evaluated.")
+    if "size_of_interest" in config["dataset"]:  # written before the FCOS ranges moved to model.size_of_interest
+        config = {**config, "dataset": {k: v for k, v in config["dataset"].items() if k != "size_of_interest"}}
     try:
         return OmegaConf.merge(OmegaConf.structured(TrainConfig), config)
     except Exception as exc:  # a key or value this version does not know

@@ -470,6 +470,34 @@ def fcos_level(extent: float, size_of_interest: Sequence[float]) -> int:
     return int(sum(extent > b for b in size_of_interest))
 
 
+def fcos_positives(boxes: np.ndarray, padded_hw: Sequence[int], bounds: Sequence[float],
+                   strides: Sequence[int]) -> tuple[list[int], np.ndarray]:
+    """FCOS's one-to-many assignment of one image, without centre sampling: a location is positive for
+    a box it lies strictly inside when max(l, t, r, b) is in its level's (low, high] of ``bounds``; a
+    location inside several such boxes goes to the smallest. Returns (positives per level, per box [K])."""
+    Hp, Wp = padded_hw
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # [K]
+    per_level, per_box = [], np.zeros(len(boxes), np.int64)
+    for lvl, s in enumerate(strides):
+        ys, xs = np.meshgrid((np.arange(Hp // s) + 0.5) * s, (np.arange(Wp // s) + 0.5) * s, indexing="ij")
+        pts = np.stack([xs.ravel(), ys.ravel()], 1)  # [P, 2]
+        ltrb = np.stack([pts[:, None, 0] - boxes[None, :, 0], pts[:, None, 1] - boxes[None, :, 1],
+                         boxes[None, :, 2] - pts[:, None, 0], boxes[None, :, 3] - pts[:, None, 1]], -1)  # [P, K, 4]
+        m = ltrb.max(-1)
+        pos = (ltrb.min(-1) > 0) & (m > bounds[lvl]) & (m <= bounds[lvl + 1])  # [P, K]
+        owner = np.where(pos, area[None, :], np.inf).argmin(1)[pos.any(1)]  # smallest box of each positive
+        per_box += np.bincount(owner, minlength=len(boxes))
+        per_level.append(len(owner))
+    return per_level, per_box
+
+
+def _summary(values: Sequence[int]) -> dict[str, float]:
+    if not values:
+        return {"mean": 0.0, "q1": 0.0, "median": 0.0, "q3": 0.0}
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return {"mean": round(float(np.mean(values)), 2), "q1": float(q1), "median": float(median), "q3": float(q3)}
+
+
 def describe(
     ann_file: str | os.PathLike,
     *,
@@ -481,8 +509,8 @@ def describe(
 
     Two views of the FPN level usage: ``objects_per_level`` puts each object on the level of its
     centre location (extent max(w, h) / 2), ``positive_locations_per_level`` counts the FCOS positives
-    (location strictly inside the box, max(l, t, r, b) in the level's range, no centre sampling) on the
-    padded feature grids; ``objects_without_positive`` have no FCOS location at all.
+    (see :func:`fcos_positives`) on the padded feature grids. ``o2m_positives_per_object`` (mean and
+    quartiles) is what the one-to-many branch gets per object; ``objects_without_positive`` get none.
     """
     data = json.loads(Path(ann_file).read_text())
     names = {c["id"]: c["name"] for c in data["categories"]}
@@ -491,7 +519,7 @@ def describe(
     per_class = {name: 0 for name in names.values()}
     per_level = [0] * (len(size_of_interest) + 1)
     positives = [0] * len(strides)
-    no_positive = border = crowd = 0
+    border = crowd = 0
     max_sides, aspects = [], []
     pairs = {"iou>=0.3": 0, "iou>=0.5": 0, "iou>=0.7": 0}
     for a in data["annotations"]:
@@ -507,23 +535,15 @@ def describe(
         H, W = sizes[a["image_id"]]
         border += x <= 0 or y <= 0 or x + w >= W or y + h >= H
     bounds = [-1.0, *size_of_interest, math.inf]
+    per_object: list[int] = []  # FCOS positives of each object
     for image_id, boxes in by_image.items():
         if not boxes:
             continue
         b = np.asarray(boxes)  # [K, 4]
-        H, W = sizes[image_id]
-        Hp, Wp = (math.ceil(s / size_divisibility) * size_divisibility for s in (H, W))
-        found = np.zeros(len(b), bool)
-        for lvl, s in enumerate(strides):
-            ys, xs = np.meshgrid((np.arange(Hp // s) + 0.5) * s, (np.arange(Wp // s) + 0.5) * s, indexing="ij")
-            pts = np.stack([xs.ravel(), ys.ravel()], 1)  # [P, 2]
-            ltrb = np.stack([pts[:, None, 0] - b[None, :, 0], pts[:, None, 1] - b[None, :, 1],
-                             b[None, :, 2] - pts[:, None, 0], b[None, :, 3] - pts[:, None, 1]], -1)  # [P, K, 4]
-            m = ltrb.max(-1)
-            pos = (ltrb.min(-1) > 0) & (m > bounds[lvl]) & (m <= bounds[lvl + 1])  # [P, K]
-            positives[lvl] += int(pos.sum())
-            found |= pos.any(0)
-        no_positive += int((~found).sum())
+        padded = (math.ceil(s / size_divisibility) * size_divisibility for s in sizes[image_id])
+        level_counts, object_counts = fcos_positives(b, padded, bounds, strides)
+        positives = [p + c for p, c in zip(positives, level_counts)]
+        per_object += object_counts.tolist()
         for i in range(len(b)):
             for j in range(i + 1, len(b)):
                 iou = _box_iou(b[i], b[j])
@@ -543,7 +563,9 @@ def describe(
         "size_of_interest": list(size_of_interest),
         "objects_per_level": dict(zip(LEVELS, per_level)),
         "positive_locations_per_level": dict(zip(LEVELS, positives)),
-        "objects_without_positive": no_positive,
+        "o2m_positives_per_object": _summary(per_object),
+        "objects_without_positive": sum(c == 0 for c in per_object),
+        "objects_without_positive_pct": round(100 * sum(c == 0 for c in per_object) / max(1, len(per_object)), 2),
         "max_side_px": {"min": min(max_sides, default=0), "median": float(np.median(max_sides)) if max_sides else 0,
                         "max": max(max_sides, default=0)},
         "aspect_w_over_h": {"min": round(min(aspects, default=0), 3), "max": round(max(aspects, default=0), 3)},

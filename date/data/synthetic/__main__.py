@@ -18,11 +18,12 @@ import date.config  # noqa: F401  (registers the schema conf/config.yaml builds 
 from date.data.synthetic import CACHE_ENV, SyntheticParams, describe, ensure_synthetic, resolve_cache_dir
 
 
-def compose_dataset(preset: str, overrides: Sequence[str]) -> Any:
-    """The ``dataset`` node exactly as ``python -m date.train dataset=<preset> dataset.<key>=...`` composes it."""
+def compose_config(preset: str, overrides: Sequence[str]) -> Any:
+    """The config exactly as ``python -m date.train dataset=<preset> dataset.<key>=...`` composes it; an
+    override of ``model.size_of_interest=[...]`` (the FCOS ranges the statistics use) passes as it is."""
     with initialize(config_path="../../../conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"dataset={preset}", *(f"dataset.{o}" for o in overrides)])
-    return cfg.dataset
+        return compose(config_name="config", overrides=[
+            f"dataset={preset}", *(o if o.startswith("model.") else f"dataset.{o}" for o in overrides)])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -35,10 +36,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--fresh", action="store_true",
                         help="generate into a temporary cache (timing a cold generation) instead of the real one")
     parser.add_argument("--cache-dir", default=None, help="overrides dataset.cache_dir and $" + CACHE_ENV)
-    parser.add_argument("overrides", nargs="*", help="dataset keys, e.g. num_train=500 image_size=128")
+    parser.add_argument("overrides", nargs="*", help="dataset keys, e.g. num_train=500 image_size=128, or model.size_of_interest=[...]")
     args = parser.parse_args(argv)
 
-    cfg = compose_dataset(args.preset, args.overrides)
+    composed = compose_config(args.preset, args.overrides)
+    cfg = composed.dataset
     params = SyntheticParams.from_config(cfg)
     with contextlib.ExitStack() as stack:
         cache = args.cache_dir or cfg.cache_dir
@@ -53,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"found in cache ({elapsed:.2f} s)" if existed else f"generated in {elapsed:.2f} s")
         if args.stats:
             for split in ("train", "val"):
-                stats = describe(root / f"instances_{split}.json", size_of_interest=list(cfg.size_of_interest))
+                stats = describe(root / f"instances_{split}.json", size_of_interest=list(composed.model.size_of_interest))
                 print(f"--- {split}")
                 for k, v in stats.items():
                     if k != "ann_file":
