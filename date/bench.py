@@ -16,10 +16,9 @@ import time
 from contextlib import contextmanager, nullcontext
 
 import torch
-from hydra import compose, initialize
 from torchvision.models.detection import fcos_resnet50_fpn
 
-import date.config  # noqa: F401  (registers the schema conf/config.yaml builds on)
+from date.config import compose_config
 from date.modeling.build import build_criterion, build_detector
 
 NUM_CLASSES = 80
@@ -52,8 +51,7 @@ OVERRIDES = ["backbone=resnet50", "assigner=dual", "dataset=coco"]
 
 def build_date(device: torch.device):
     """(detector on ``device``, criterion), from the same config as training."""
-    with initialize(config_path="../conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=OVERRIDES)
+    cfg = compose_config(OVERRIDES)
     return build_detector(cfg, num_classes=NUM_CLASSES).to(device), build_criterion(cfg)
 
 

@@ -18,8 +18,9 @@ import hashlib
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -28,6 +29,7 @@ from date.choice import Choice
 from date.data.build import DatasetConfig
 from date.data.transforms import Augmentation
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the config groups (python -m date.train's config_path)
 LOSS_TERMS = ("o2o/cls", "o2o/l1", "o2o/giou", "o2m/cls", "o2m/iou", "o2m/ctr")
 # Keys that may differ when a run resumes (they do not change what is trained, or only how it runs).
 # All but device/amp are also left out of the run-dir name (conf/config.yaml,
@@ -236,6 +238,12 @@ def register() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     if not OmegaConf.has_resolver("date.run_name"):
         OmegaConf.register_new_resolver("date.run_name", run_name)
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The training config exactly as ``python -m date.train <overrides>`` composes it (scripts, tests)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 def run_name(override_dirname: str) -> str:

@@ -301,8 +301,8 @@ class Trainer:
         if o2m is not None:
             o2m_stats = score(self.val_set.coco, *o2m)
             val.update({f"val/o2m/{k}": v for k, v in o2m_stats.items()})
-            log.info("Evaluation after epoch %d, the o2m branch with NMS (diagnostic): AP %.4f  AP50 %.4f",
-                     epochs_done, o2m_stats["AP"], o2m_stats["AP50"])
+            log.info("The o2m branch with NMS (a diagnostic) after epoch %d: AP %.4f  AP50 %.4f", epochs_done,
+                     o2m_stats["AP"], o2m_stats["AP50"])
         self.state["eval_history"].append({"epoch": epochs_done, **val})
         self.state["metrics"].update(val)
         (self.run_dir / "eval_results.json").write_text(json.dumps(self.state["eval_history"], indent=1))

@@ -146,10 +146,3 @@ def mlflow_server(tmp_path):
     yield server
     server.stop()
 
-
-def compose_config(overrides=()):
-    """The training config exactly as `python -m date.train <overrides>` composes it."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from date.assign import POTO, FCOSAssigner, TopKAssigner
 from date.branch_weighting import BranchWeighting
-from date.config import (RESUME_SAFE_KEYS, AssignerConfig, BackboneConfig, ConfigError, ScheduleConfig, flatten,
+from date.config import (RESUME_SAFE_KEYS, AssignerConfig, BackboneConfig, ConfigError, ScheduleConfig, compose_config, flatten,
                          resume_mismatches, run_name, validate)
 from date.data.build import DatasetConfig
 from date.modeling.build import build_criterion, build_detector
@@ -18,9 +18,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("backbone", "assigner", "schedule", "branch_weighting", "dataset")
 
 
-def _compose(overrides=()):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+_compose = compose_config
 
 
 def _options(group: str) -> list[str]:

@@ -3,7 +3,7 @@ schedule, and only the trained branches' assigners and terms."""
 import pytest
 import torch
 
-from conftest import compose_config
+from date.config import compose_config
 from date.modeling.build import build_criterion, build_detector
 
 SIZE = 128

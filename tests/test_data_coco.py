@@ -254,7 +254,7 @@ def test_build_coco_json_missing_folder(tmp_path):
 
 
 def test_build_coco_without_root_from_yaml():
-    from conftest import compose_config
+    from date.config import compose_config
 
     cfg = compose_config(["dataset=coco"]).dataset  # root: ??? in conf/dataset/coco.yaml
     with pytest.raises(DatasetError, match=r"dataset=coco needs dataset\.root"):

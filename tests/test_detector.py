@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import compose_config
+from date.config import compose_config
 from date.modeling.backbone import BackboneWeightsError, build_resnet_fpn
 from date.modeling.build import build_criterion, build_detector
 

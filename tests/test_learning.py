@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import compose_config
+from date.config import compose_config
 from date.coco_eval import evaluate
 from date.data.build import build_datasets, transform_sizes
 from date.data.coco import CocoDetection

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import compose_config
+from date.config import compose_config
 from date.modeling.build import build_criterion, build_detector
 from date.trainer import build_optimizer
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_config
+from date.config import compose_config
 from date import trainer
 from date.data.build import build_datasets
 from date.modeling.build import build_criterion, build_detector

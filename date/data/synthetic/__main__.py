@@ -10,20 +10,10 @@ import json
 import sys
 import tempfile
 import time
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-from hydra import compose, initialize
-
-import date.config  # noqa: F401  (registers the schema conf/config.yaml builds on)
+from date.config import compose_config
 from date.data.synthetic import CACHE_ENV, SyntheticParams, describe, ensure_synthetic, resolve_cache_dir
-
-
-def compose_config(preset: str, overrides: Sequence[str]) -> Any:
-    """The config exactly as ``python -m date.train dataset=<preset> dataset.<key>=...`` composes it; an
-    override of ``model.size_of_interest=[...]`` (the FCOS ranges the statistics use) passes as it is."""
-    with initialize(config_path="../../../conf", version_base="1.3"):
-        return compose(config_name="config", overrides=[
-            f"dataset={preset}", *(o if o.startswith("model.") else f"dataset.{o}" for o in overrides)])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -39,7 +29,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dataset keys, e.g. num_train=500 image_size=128, or model.size_of_interest=[...]")
     args = parser.parse_args(argv)
 
-    composed = compose_config(args.preset, args.overrides)
+    # an override of model.size_of_interest=[...] (the FCOS ranges the statistics use) passes as it is
+    composed = compose_config([f"dataset={args.preset}",
+                               *(o if o.startswith("model.") else f"dataset.{o}" for o in args.overrides)])
     cfg = composed.dataset
     params = SyntheticParams.from_config(cfg)
     with contextlib.ExitStack() as stack:
