@@ -146,3 +146,15 @@ def mlflow_server(tmp_path):
     yield server
     server.stop()
 
+
+def two_images():
+    """A batch of two 128-px images (random pixels) with three boxes of three classes: criterion tests."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 128, 128, generator=g)
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [30.0, 20.0, 120.0, 110.0]]),
+                "labels": torch.tensor([0, 2]), "image_size": (128, 128)},
+               {"boxes": torch.tensor([[20.0, 20.0, 90.0, 60.0]]), "labels": torch.tensor([1]),
+                "image_size": (128, 128)}]
+    return images, targets

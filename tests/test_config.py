@@ -169,3 +169,24 @@ def test_run_dir_name_leaves_out_exactly_keys_that_may_change_on_resume():
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": [1, 2], "d": None}
+
+
+def test_checkpoints_written_before_the_fcos_ranges_moved_still_load():
+    """Until 2026-12 the FCOS ranges were dataset.size_of_interest; such a checkpoint's config still loads."""
+    import torch
+
+    from date.config import resolved_config
+    from date.modeling.build import checkpoint_config, detector_from_checkpoint
+    from date.runtime.checkpoint import CheckpointError
+
+    cfg = _compose(["backbone.fpn_channels=64", "model.num_convs=1"])
+    model = build_detector(cfg, num_classes=3)
+    old = resolved_config(cfg)
+    old["dataset"]["size_of_interest"] = [16.0, 32.0, 64.0, 128.0]
+    old["model"]["size_of_interest"] = [16.0, 32.0, 64.0, 128.0]
+    saved = {"model": model.state_dict(), "config": old}
+    assert checkpoint_config(saved).model.size_of_interest == [16.0, 32.0, 64.0, 128.0]  # its own ranges
+    loaded = detector_from_checkpoint(saved, num_classes=3)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(CheckpointError, match="version"):
+        checkpoint_config({"model": {}, "config": {**old, "model": {**old["model"], "head_width": 3}}})

@@ -3,21 +3,9 @@ schedule, and only the trained branches' assigners and terms."""
 import pytest
 import torch
 
+from conftest import two_images
 from date.config import compose_config
 from date.modeling.build import build_criterion, build_detector
-
-SIZE = 128
-
-
-def _batch():
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(2, 3, SIZE, SIZE, generator=g)
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [50.0, 40.0, 120.0, 100.0]]),
-                "labels": torch.tensor([0, 2]), "image_size": (SIZE, SIZE)},
-               {"boxes": torch.tensor([[20.0, 20.0, 90.0, 60.0]]), "labels": torch.tensor([1]),
-                "image_size": (SIZE, SIZE)}]
-    return images, targets
-
 
 @pytest.mark.parametrize("progress", [0.0, 0.5, 0.9])
 def test_total_is_the_sum_of_branch_weight_times_term_weight_times_term(progress):
@@ -25,7 +13,7 @@ def test_total_is_the_sum_of_branch_weight_times_term_weight_times_term(progress
                           "model.num_convs=1", "model.loss_weights={o2o/l1:3.0}"])
     torch.manual_seed(0)
     model, criterion = build_detector(cfg, num_classes=3), build_criterion(cfg)
-    images, targets = _batch()
+    images, targets = two_images()
     losses = criterion(*model(images), targets, progress)
     w_o2m = 1.0 - progress  # o2m_decay: linear from 1 to 0 over training
     table = {"o2o/cls": 2.0, "o2o/l1": 3.0, "o2o/giou": 2.0, "o2m/cls": 1.0, "o2m/iou": 1.0, "o2m/ctr": 1.0}
@@ -43,5 +31,5 @@ def test_a_baseline_has_only_its_own_branch():
     for option, terms in (("o2o", {"o2o/cls", "o2o/l1", "o2o/giou"}), ("o2m", {"o2m/cls", "o2m/iou", "o2m/ctr"})):
         cfg = compose_config([f"assigner={option}", "backbone.fpn_channels=64", "model.num_convs=1"])
         model, criterion = build_detector(cfg, num_classes=3), build_criterion(cfg)
-        losses = criterion(*model(_batch()[0]), _batch()[1], 0.3)
+        losses = criterion(*model(two_images()[0]), two_images()[1], 0.3)
         assert set(losses.terms) == set(losses.weights) == terms

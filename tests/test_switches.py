@@ -5,22 +5,12 @@ import math
 import pytest
 import torch
 
+from conftest import two_images
 from date.config import compose_config
 from date.modeling.build import build_criterion, build_detector
 from date.trainer import build_optimizer
 
-SIZE = 128
 NARROW = ["backbone.fpn_channels=64", "model.num_convs=1"]
-
-
-def _batch():
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(2, 3, SIZE, SIZE, generator=g)
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [30.0, 20.0, 120.0, 110.0]]),
-                "labels": torch.tensor([0, 2]), "image_size": (SIZE, SIZE)},
-               {"boxes": torch.tensor([[20.0, 20.0, 90.0, 60.0]]), "labels": torch.tensor([1]),
-                "image_size": (SIZE, SIZE)}]
-    return images, targets
 
 
 def _build(overrides, seed=0):
@@ -39,7 +29,7 @@ def test_unshared_towers_give_the_o2m_branch_its_own_towers_and_scales():
     shared, _ = _build(["assigner=dual"])
     assert shared.head.o2m_towers is None
     model, criterion = _build(["assigner=dual", "model.share_towers=false"])
-    losses = criterion(*model(*_batch()[:1]), _batch()[1], 0.0).terms
+    losses = criterion(*model(*two_images()[:1]), two_images()[1], 0.0).terms
     from_o2o = _grads(model, sum(v for k, v in losses.items() if k.startswith("o2o/")))
     from_o2m = _grads(model, sum(v for k, v in losses.items() if k.startswith("o2m/")))
     assert any(n.startswith("head.cls_tower.") for n in from_o2o)
@@ -57,14 +47,14 @@ def test_o2m_box_coding(coding):
     with torch.no_grad():
         box.weight.zero_()
         box.bias.fill_(2.0)  # raw output 2 everywhere, Scales at 1
-    outputs, loc = model(_batch()[0])
+    outputs, loc = model(two_images()[0])
     ltrb = outputs["o2m"]["ltrb"][0, :, 0]  # [N]
     expected = loc.strides * 2.0 if coding == "linear" else torch.full_like(loc.strides, math.exp(2.0))
     assert torch.allclose(ltrb, expected)
 
 
 def test_o2m_giou_box_loss_replaces_the_centerness_weighted_log_iou():
-    images, targets = _batch()
+    images, targets = two_images()
     terms = {}
     for kind in ("log_iou", "giou"):
         model, criterion = _build(["assigner=o2m", f"model.o2m_box_loss={kind}"])
@@ -78,7 +68,7 @@ def test_o2m_giou_box_loss_replaces_the_centerness_weighted_log_iou():
 
 def _positives(overrides):
     model, criterion = _build(["assigner=o2m", *overrides])
-    images, targets = _batch()
+    images, targets = two_images()
     outputs, loc = model(images)
     from date.criterion import pad_targets
 
@@ -96,7 +86,7 @@ def test_o2m_detach_leaves_the_o2o_training_of_dual_exactly_that_of_o2o():
     """With the detach, DATE's shared layers and o2o predictors train exactly as POTO's: the only coupling
     between the branches is the shared layers' gradients. (Gradient clipping couples them through the
     global norm, so it is off here.)"""
-    images, targets = _batch()
+    images, targets = two_images()
 
     start = _build(["assigner=o2o"])[0].state_dict()
 
