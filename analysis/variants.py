@@ -3,7 +3,8 @@
 A variant is one value of every grouping key: the ``assigner`` tag, the other group tags (schedule,
 backbone, branch_weighting, dataset) and the grouping params (``model.use_3dmf``). Figures get one
 panel per schedule. A variant's o2o baseline is the POTO variant trained in the same setting: same
-schedule, backbone, dataset and 3DMF choice (branch_weighting has no meaning for a one-branch model).
+schedule, backbone, dataset and 3DMF choice (branch_weighting and the o2m branch's own switches have no
+meaning for a one-branch model).
 """
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ BASELINE_ASSIGNER = "o2o"
 PANEL_KEY = "schedule"
 # Keys that say *how* a model is trained rather than *in which setting*; a baseline may differ in them.
 METHOD_KEYS = ("assigner", "branch_weighting")
+# Params that configure only the one-to-many branch (--group-param model.share_towers, ...): the o2o-only
+# baseline has no such branch, so they are not part of the setting it must share either.
+O2M_ONLY_PARAMS = tuple(f"params.{k}" for k in (
+    "model.share_towers", "model.o2m_box_coding", "model.o2m_box_loss", "model.o2m_detach", "assigner.o2m",
+    "assigner.fcos_center_sampling", "assigner.topk", "assigner.topk_alpha", "assigner.topk_beta"))
 _3DMF = "params.model.use_3dmf"
 
 
@@ -44,8 +50,8 @@ class Variant:
 
     @property
     def context(self) -> tuple[tuple[str, str], ...]:
-        """The setting (everything but the method keys): what a baseline must share."""
-        return tuple((k, v) for k, v in self.key if k not in METHOD_KEYS)
+        """The setting (everything but the method keys and the o2m-only params): what a baseline must share."""
+        return tuple((k, v) for k, v in self.key if k not in METHOD_KEYS and k not in O2M_ONLY_PARAMS)
 
     @property
     def is_baseline(self) -> bool:

@@ -70,3 +70,21 @@ def test_3dmf_variants_get_their_own_baseline():
     assert set(labels) == {"POTO", "POTO + 3DMF", "DATE", "DATE + 3DMF"}
     assert labels["DATE + 3DMF"].baseline.label == "POTO + 3DMF"
     assert labels["DATE"].baseline.label == "POTO"
+
+
+def test_a_dual_variant_with_an_o2m_switch_is_compared_with_the_one_poto():
+    """POTO has no o2m branch: DATE with model.share_towers=false (an o2m-only switch) still has it as baseline,
+    while a setting key (the backbone) does separate them."""
+    def with_params(r, **params):
+        r.groups.update({f"params.{k}": v for k, v in params.items()})
+        return r
+
+    records = [with_params(record("o2o", s, {1: 0.1, 2: 0.2}), **{"model.share_towers": "True"}) for s in (0, 1)]
+    records += [with_params(record("dual", s, {1: 0.2, 2: 0.3}), **{"model.share_towers": "False"}) for s in (0, 1)]
+    other = with_params(record("dual", 2, {1: 0.2, 2: 0.3}), **{"model.share_towers": "True"})
+    other.groups["backbone"] = "resnet50"
+    report = report_of([*records, other])
+    unshared = next(r for r in report.results if r.label.startswith("DATE") and "share_towers" in r.label
+                    and "R50" not in r.label)
+    assert unshared.versus["AP"].delta == pytest.approx(0.10)
+    assert any("R50" in note and "no POTO" in note for note in report.notes)
