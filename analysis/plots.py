@@ -68,8 +68,9 @@ def convergence_figure(report: Report, out_dir: Path, *, stem: str = "convergenc
         for ax in axes[0]:
             for handle, label in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(label, handle)
-        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(len(handles), 3),
-                   frameon=False)
+        longest = max((len(label) for label in handles), default=0)  # long variant names: fewer columns
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center", frameon=False,
+                   ncol=max(1, min(len(handles), 3, 90 // max(longest, 1))))
         paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
         fig.savefig(paths[0], dpi=200)
         fig.savefig(paths[1])

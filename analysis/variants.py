@@ -104,6 +104,6 @@ def _varying_keys(records: Sequence[RunRecord]) -> list[str]:
 def _short(key: str, value: str) -> str:
     if key == "backbone" and value.startswith("resnet"):
         return "R" + value[len("resnet"):]
-    if key.startswith("params."):
-        return f"{key[len('params.'):]}={value}"
+    if key.startswith("params."):  # params.model.share_towers -> share_towers=False
+        return f"{key.rsplit('.', 1)[-1]}={value}"
     return value or f"no {key}"
