@@ -10,7 +10,6 @@ resumes from ``<run dir>/last.pth`` and continues the same MLflow run.
 from __future__ import annotations
 
 import logging
-import random
 import signal
 import sys
 import threading
@@ -18,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -29,6 +27,7 @@ from date.data.build import build_datasets
 from date.errors import INPUT_ERRORS
 from date.modeling.build import build_criterion, build_detector
 from date.runtime import checkpoint as ckpt
+from date.runtime.checkpoint import seed_everything
 from date.runtime.distributed import barrier, cleanup, env_info, init_distributed, resolve_device
 from date.runtime.logs import errors_as_messages, job_log_file, log_to_rank_file
 from date.runtime.preemption import checkpoint_on_signal
@@ -37,13 +36,6 @@ from date.runtime.tracking import (GROUP_TAGS, RUN_ID_FILE, RunTracker, check_re
 from date.trainer import FINAL_FLUSH_S, NonFiniteLossError, Trainer
 
 log = logging.getLogger("date.train")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices): the model init and anything else drawn in-process."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _sweep_id(hc) -> str:

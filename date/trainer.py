@@ -210,7 +210,7 @@ class Trainer:
             self.window_seconds += step_s
             self._accumulate(losses, values, images.shape[0])
             bar.update(1)
-            bar.set_postfix(loss=f"{values[0]:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+            bar.set_postfix(loss=f"{values[0]:.3f}", lr=f"{self.lr_now:.1e}")
             if g % self.cfg.log_every == 0 or g == self.total_iters:
                 img_s = self._log_window(losses)
                 bar.set_postfix(loss=f"{values[0]:.3f}", lr=f"{self.lr_now:.1e}", img_s=f"{img_s:.1f}")

@@ -31,7 +31,7 @@ from date.criterion import Losses
 from date.data.build import build_datasets
 from date.modeling.backbone import build_resnet_fpn
 from date.modeling.build import build_criterion, build_detector
-from date.train import seed_everything
+from date.runtime.checkpoint import seed_everything
 from date.trainer import Trainer
 
 RECIPES = {

@@ -102,11 +102,16 @@ class FCOSAssigner:
         bounds = [-1.0, *map(float, size_of_interest), float("inf")]
         self.level_ranges = list(zip(bounds[:-1], bounds[1:]))  # (low, high] of each level
         self.center_sampling_radius = center_sampling_radius
+        self._ranges_cache: tuple | None = None  # ((level sizes, device), ranges): built once per image size
 
     def ranges(self, level_sizes: list[int], device: torch.device) -> Tensor:
         """Tensor[N, 2]: each location's (low, high], for levels of ``level_sizes`` locations (P3 first)."""
-        return torch.cat([torch.tensor(bounds, device=device).expand(n, 2)
-                          for bounds, n in zip(self.level_ranges, level_sizes)])
+        key = (tuple(level_sizes), device)
+        if self._ranges_cache is None or self._ranges_cache[0] != key:
+            ranges = torch.cat([torch.tensor(bounds, device=device).expand(n, 2)
+                                for bounds, n in zip(self.level_ranges, level_sizes)])
+            self._ranges_cache = (key, ranges)
+        return self._ranges_cache[1]
 
     @torch.no_grad()
     def __call__(self, cls_logits: Tensor, pred_boxes: Tensor, loc, gt) -> Tensor:

@@ -129,10 +129,15 @@ def _checked_paths(cfg: Any, splits: Sequence[str]) -> dict[str, tuple[Path, Pat
     return {split: paths[split] for split in splits}
 
 
+def _dataset(cfg: Any, paths: tuple[Path, Path], *, train: bool, augmentation: str = "1x") -> CocoDetection:
+    ann, images = paths
+    transforms = build_transforms(train=train, augmentation=augmentation, **transform_sizes(cfg))
+    return CocoDetection(ann_file=ann, image_dir=images, transforms=transforms)
+
+
 def build_val_dataset(cfg: Any) -> CocoDetection:
     """The validation split of the ``dataset`` node (evaluation alone). Raises DatasetError."""
-    ann, images = _checked_paths(cfg, ["val"])["val"]
-    return CocoDetection(ann_file=ann, image_dir=images, transforms=build_transforms(train=False, **transform_sizes(cfg)))
+    return _dataset(cfg, _checked_paths(cfg, ["val"])["val"], train=False)
 
 
 def build_datasets(cfg: Any, augmentation: str = "1x") -> tuple[CocoDetection, CocoDetection]:
@@ -142,10 +147,8 @@ def build_datasets(cfg: Any, augmentation: str = "1x") -> tuple[CocoDetection, C
     validated here, before training: paths, JSON, ids, image files. Raises DatasetError.
     """
     paths = _checked_paths(cfg, ["train", "val"])
-    train = CocoDetection(ann_file=paths["train"][0], image_dir=paths["train"][1],
-                          transforms=build_transforms(train=True, augmentation=augmentation, **transform_sizes(cfg)))
-    val = CocoDetection(ann_file=paths["val"][0], image_dir=paths["val"][1],
-                        transforms=build_transforms(train=False, **transform_sizes(cfg)))
+    train = _dataset(cfg, paths["train"], train=True, augmentation=augmentation)
+    val = _dataset(cfg, paths["val"], train=False)
     if train.label_to_category_id != val.label_to_category_id:
         raise DatasetError(
             f"The categories of {train.ann_file} (ids {train.label_to_category_id}) and {val.ann_file} (ids "

@@ -60,6 +60,13 @@ def load(path: Path) -> dict[str, Any]:
                               "It is not a DATE checkpoint or the file is damaged.") from None
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices): the model init and anything else drawn in-process."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy and torch (CPU + CUDA) RNG states as tensors, ints, floats and lists."""
     version, mt, gauss = random.getstate()
