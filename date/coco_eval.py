@@ -76,22 +76,35 @@ def predict_coco(*, model: torch.nn.Module, loader: Iterable, label_to_category_
     """Run ``model.predict`` over ``loader``; returns (COCO result records, the image ids seen).
 
     Args:
-        model: a detector with ``predict(images [B, 3, H, W], image_sizes) -> list[dict]`` (not DDP-wrapped).
+        model: a detector with ``predict_branches(images [B, 3, H, W], image_sizes, branches) -> per branch
+            a list of per-image dicts`` (not DDP-wrapped; see DATEDetector).
         loader: yields (images [B, 3, Hp, Wp], targets) as described in date/data.
         label_to_category_id: contiguous label -> COCO category id.
         amp: run the forward under bf16 autocast.
         branch: the branch to evaluate (None: the model's inference branch; see DATEDetector.predict).
     """
+    (results,), image_ids = predict_coco_branches(model=model, loader=loader, label_to_category_id=label_to_category_id,
+                                                  device=device, amp=amp, branches=(branch,))
+    return results, image_ids
+
+
+@torch.no_grad()
+def predict_coco_branches(*, model: torch.nn.Module, loader: Iterable, label_to_category_id: Sequence[int],
+                          device: torch.device, amp: bool = False,
+                          branches: Sequence[str | None]) -> tuple[list[list[dict]], list[int]]:
+    """:func:`predict_coco` of several branches on one forward per batch; returns (the records of each
+    branch, in the order of ``branches``, the image ids seen)."""
     was_training = model.training
     model.eval()
-    results: list[dict] = []
+    results: list[list[dict]] = [[] for _ in branches]
     image_ids: list[int] = []
     try:
         for images, targets in loader:
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                predictions = model.predict(images.to(device, non_blocking=True),
-                                            [tuple(t["image_size"]) for t in targets], branch=branch)
-            results += to_coco_results(predictions, targets, label_to_category_id)
+                predictions = model.predict_branches(images.to(device, non_blocking=True),
+                                                     [tuple(t["image_size"]) for t in targets], branches)
+            for records, branch_predictions in zip(results, predictions):
+                records += to_coco_results(branch_predictions, targets, label_to_category_id)
             image_ids += [int(t["image_id"]) for t in targets]
     finally:
         model.train(was_training)

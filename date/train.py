@@ -33,7 +33,7 @@ from date.runtime.logs import errors_as_messages, job_log_file, log_to_rank_file
 from date.runtime.preemption import checkpoint_on_signal
 from date.runtime.tracking import (GROUP_TAGS, RUN_ID_FILE, RunTracker, check_reachable, git_commit,
                                    read_or_create_sweep_id, resolve_uri)
-from date.trainer import FINAL_FLUSH_S, NonFiniteLossError, Trainer
+from date.trainer import FIGURE, FINAL_FLUSH_S, NonFiniteLossError, Trainer
 
 log = logging.getLogger("date.train")
 
@@ -81,7 +81,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise
     if tracker is not None:
         _finish(tracker, run_dir, resolved)
+    if dist_info.is_main:
+        _say_where(cfg, tracker, run_dir)
     return metrics
+
+
+def _say_where(cfg, tracker: RunTracker | None, run_dir: Path) -> None:
+    """The last lines of a run: where its MLflow run, checkpoint and convergence figure are."""
+    if tracker is not None:
+        log.info("MLflow run %s (experiment %r) in %s; browse with: mlflow ui --backend-store-uri %s", tracker.run_id,
+                 cfg.tracking.experiment, tracker.uri, tracker.uri)
+    log.info("Checkpoint: %s (python -m date.evaluate checkpoint=%s)", run_dir / ckpt.FINAL, run_dir / ckpt.FINAL)
+    log.info("Convergence figure: %s", run_dir / FIGURE)
 
 
 def _checkpoint_to_resume(cfg, run_dir: Path, resolved: dict) -> dict | None:
@@ -151,8 +162,9 @@ def _finish(tracker: RunTracker, run_dir: Path, resolved: dict, status: str = "F
     """Upload the resolved config, the eval results and the job log; close the MLflow run."""
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
     tracker.log_artifact(run_dir / "config_resolved.yaml")
-    if (run_dir / "eval_results.json").exists():
-        tracker.log_artifact(run_dir / "eval_results.json")
+    for name in ("eval_results.json", FIGURE):
+        if (run_dir / name).exists():
+            tracker.log_artifact(run_dir / name)
     if (log_file := job_log_file()) is not None and log_file.exists():
         tracker.log_artifact(log_file)
     tracker.set_terminated(status)

@@ -26,10 +26,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from date.coco_eval import predict_coco, score
+from date.coco_eval import predict_coco_branches, score
 from date.config import ConfigError, amp_setting, resolved_config
 from date.criterion import DATECriterion, Losses
 from date.data.loader import build_eval_loader, build_train_loader
+from date.run_figure import write_run_figure
 from date.runtime import checkpoint as ckpt
 from date.runtime.distributed import DistInfo, barrier, replica_checksums, use_amp
 from date.runtime.logs import train_line
@@ -39,6 +40,7 @@ from date.runtime.tracking import RunTracker
 log = logging.getLogger(__name__)
 
 FINAL_FLUSH_S = 120.0  # how long the end of training waits for an unreachable MLflow server
+FIGURE = "convergence.png"  # the run's own convergence figure, in its run dir (date/run_figure.py)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -62,7 +64,9 @@ def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, backbon
     for (is_backbone, no_decay), params in sorted(groups.items()):  # fixed order: resume-safe
         param_groups.append({"params": params, "lr": lr * (backbone_lr_mult if is_backbone else 1.0),
                              "weight_decay": 0.0 if no_decay else weight_decay})
-    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
+    # The fused kernel: one pass over all parameters (on a 2-core CPU 5x faster than the per-tensor loop).
+    fused = all(p.device.type in ("cpu", "cuda") for group in param_groups for p in group["params"])
+    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
 def lr_factor(it: int, *, warmup_iters: int, warmup_ratio: float, milestones: Sequence[int]) -> float:
@@ -128,12 +132,13 @@ class Trainer:
         self._build_optimizer()
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.state = {"epoch": 0, "iter_in_epoch": 0, "global_iter": 0, "eval_history": [], "metrics": {},
-                      "window": {"count": 0, "images": 0, "sums": {}}}
+                      "loss_history": [], "window": {"count": 0, "images": 0, "sums": {}}}
         if resume_from is not None:
             self._resume(resume_from)
         self.start_time, self.start_iter = time.perf_counter(), self.state["global_iter"]
         self.train_seconds = self.window_seconds = 0.0  # training time only (data included; eval, saving not)
         self.last_tick = time.perf_counter()
+        self.eval_loader = None
 
     # ------------------------------------------------------------------ set-up
     def _place_model(self) -> nn.Module:
@@ -172,7 +177,7 @@ class Trainer:
         self.scheduler.load_state_dict(saved["scheduler"])
         ckpt.set_rng_state(saved["rng"])
         for key in self.state:
-            self.state[key] = saved[key]
+            self.state[key] = saved.get(key, self.state[key])  # loss_history: absent from older checkpoints
         self.state["window"]["images"] = 0  # img/s of the first window counts images since the restart
         if self.tracker is not None:
             self.tracker.restore_pending(saved.get("pending_metrics", []))
@@ -271,6 +276,7 @@ class Trainer:
             self.tracker.log_metrics(metrics, step=g)
             self.tracker.flush()
         self.state["metrics"]["train/loss"] = train_loss
+        self.state["loss_history"].append([g, train_loss])
         self.state["window"] = {"count": 0, "images": 0, "sums": {}}
         self.window_seconds = 0.0
         return img_s
@@ -289,17 +295,18 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation and checkpoints
     def evaluate(self, epochs_done: int) -> None:
         """COCO evaluation of the inference branch (val/*) and, for DATE, of its o2m branch with NMS
-        (val/o2m/*, when eval_o2m_branch): rank 0 scores, records and logs."""
-        results, image_ids = self._predict_val(branch=None)
-        o2m = None
+        (val/o2m/*, when eval_o2m_branch), both from one forward per batch: rank 0 scores, records and logs."""
+        branches = [None]
         if self.cfg.eval_o2m_branch and self.model.inference_branch != "o2m" and "o2m" in self.model.head.branches:
-            o2m = self._predict_val(branch="o2m")
+            branches.append("o2m")
+        per_branch, image_ids = self._predict_val(branches)
         if not self.dist.is_main:
             return
+        results = per_branch[0]
         stats = score(self.val_set.coco, results, image_ids)
         val = {f"val/{k}": v for k, v in stats.items()}
-        if o2m is not None:
-            o2m_stats = score(self.val_set.coco, *o2m)
+        if len(branches) > 1:
+            o2m_stats = score(self.val_set.coco, per_branch[1], image_ids)
             val.update({f"val/o2m/{k}": v for k, v in o2m_stats.items()})
             log.info("The o2m branch with NMS (a diagnostic) after epoch %d: AP %.4f  AP50 %.4f", epochs_done,
                      o2m_stats["AP"], o2m_stats["AP50"])
@@ -313,18 +320,22 @@ class Trainer:
         log.info("Evaluation after epoch %d: AP %.4f  AP50 %.4f  AP75 %.4f", epochs_done, stats["AP"],
                  stats["AP50"], stats["AP75"])
 
-    def _predict_val(self, *, branch: str | None) -> tuple[list[dict], list[int]]:
-        """Every process predicts its shard of the val split; all of it, gathered, on rank 0."""
-        loader = build_eval_loader(self.val_set, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
-                                   rank=self.dist.rank, world_size=self.dist.world_size)
-        results, image_ids = predict_coco(model=self.model, loader=loader, device=self.device, amp=self.amp,
-                                          label_to_category_id=self.val_set.label_to_category_id, branch=branch)
+    def _predict_val(self, branches: list[str | None]) -> tuple[list[list[dict]], list[int]]:
+        """Every process predicts its shard of the val split; all of it, gathered, on rank 0 (the records
+        of each of ``branches``, the image ids)."""
+        if self.eval_loader is None:  # built once: its workers persist between evaluations
+            self.eval_loader = build_eval_loader(self.val_set, batch_size=self.cfg.batch_size,
+                                                 num_workers=self.cfg.num_workers, rank=self.dist.rank,
+                                                 world_size=self.dist.world_size, persistent_workers=True)
+        per_branch, image_ids = predict_coco_branches(
+            model=self.model, loader=self.eval_loader, device=self.device, amp=self.amp,
+            label_to_category_id=self.val_set.label_to_category_id, branches=branches)
         if self.dist.world_size > 1:
             shards = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(shards, (results, image_ids))
-            results = [r for shard_results, _ in shards for r in shard_results]
+            torch.distributed.all_gather_object(shards, (per_branch, image_ids))
+            per_branch = [[r for shard_branches, _ in shards for r in shard_branches[b]] for b in range(len(branches))]
             image_ids = [i for _, shard_ids in shards for i in shard_ids]
-        return results, image_ids
+        return per_branch, image_ids
 
     def save_last(self, *, finished: bool = False) -> None:
         """last.pth, atomically (rank 0): everything a resume needs."""
@@ -355,6 +366,8 @@ class Trainer:
         if self.dist.is_main:
             ckpt.save_atomic({"model": self.model.state_dict(), "config": self.config, "metrics": self.state["metrics"]},
                              self.run_dir / ckpt.FINAL)
+            write_run_figure(self.state["eval_history"], self.state["loss_history"], self.run_dir / FIGURE,
+                             title=f"{self.run_dir.name}: assigner {self.cfg.assigner.mode}, seed {self.cfg.seed}")
             tracker = self.tracker
             if tracker is not None and not tracker.flush_until(FINAL_FLUSH_S):
                 log.error("%d metrics could not be sent to MLflow (%s); they are kept in %s. Re-run the same "

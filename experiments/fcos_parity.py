@@ -45,8 +45,8 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 class TorchvisionFCOS(nn.Module):
     """torchvision's FCOS behind the interface the Trainer uses: ``forward`` hands the batch on to
-    :class:`TorchvisionFCOSLoss` (torchvision computes its losses inside its own forward) and ``predict``
-    runs its inference with NMS."""
+    :class:`TorchvisionFCOSLoss` (torchvision computes its losses inside its own forward) and
+    ``predict_branches`` runs its inference with NMS."""
 
     inference_branch = "o2m"
 
@@ -63,9 +63,11 @@ class TorchvisionFCOS(nn.Module):
         return {"images": images}, None
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, image_sizes, *, branch=None, nms=None) -> list[dict]:
-        detections = self.fcos(list(images))
-        return [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"]} for d in detections]
+    def predict_branches(self, images: torch.Tensor, image_sizes, branches, *, nms=None) -> list[list[dict]]:
+        """torchvision's inference (with NMS), for the one branch it has."""
+        detections = [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"]}
+                      for d in self.fcos(list(images))]
+        return [detections for _ in branches]
 
 
 class TorchvisionFCOSLoss:

@@ -131,7 +131,9 @@ def test_cli_prints_statistics(tmp_path):
     assert "generated in" in first.stdout and "objects_per_level" in first.stdout and "--- val" in first.stdout
     assert "size_of_interest: [64.0, 128.0, 256.0, 512.0]" in first.stdout  # the schema's default, as training has it
     assert "o2m_positives_per_object: {'mean'" in first.stdout and "objects_without_positive_pct" in first.stdout
-    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    # the same keys written as date.train takes them find the same dataset
+    again = subprocess.run([*args[:5], *(f"dataset.{a}" for a in args[5:])], capture_output=True, text=True,
+                           timeout=300)
     assert "found in cache" in again.stdout and "RuntimeWarning" not in again.stderr
 
 
@@ -146,7 +148,7 @@ def test_build_datasets_synthetic(tmp_path):
     cfg = DatasetConfig(cache_dir=str(tmp_path), num_train=4, num_val=2, image_size=64, max_objects=6,
                         max_object_size=64, train_short_sizes=[64], max_size=64, test_short_size=64)
     train, val = build_datasets(cfg)
-    assert (len(train), len(val)) == (4, 2) and train.num_classes == 6
-    assert train.label_to_category_id == [1, 2, 3, 4, 5, 6] and val.coco.getImgIds() == [1, 2]
+    assert (len(train), len(val)) == (4, 2) and train.num_classes == 3
+    assert train.label_to_category_id == [1, 2, 3] and val.coco.getImgIds() == [1, 2]
     image, target = val[0]
     assert image.shape == (3, 64, 64) and target["image_size"] == (64, 64)

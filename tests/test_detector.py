@@ -11,10 +11,10 @@ from date.modeling.build import build_criterion, build_detector
 SIZE = 128
 
 
-def make(mode, *, use_3dmf=False, o2m="fcos", num_classes=3, seed=0):
+def make(mode, *, use_3dmf=False, o2m="fcos", num_classes=3, seed=0, share_towers=True):
     """(detector, criterion) of assigner=<mode>, a narrow head (64 channels, 2 convs) for speed."""
     cfg = compose_config([f"assigner={mode}", f"assigner.o2m={o2m}", f"model.use_3dmf={use_3dmf}",
-                          "backbone.fpn_channels=64", "model.num_convs=2"])
+                          "backbone.fpn_channels=64", "model.num_convs=2", f"model.share_towers={share_towers}"])
     torch.manual_seed(seed)
     return build_detector(cfg, num_classes=num_classes), build_criterion(cfg)
 
@@ -239,3 +239,23 @@ def test_predict_nms_option_keeps_the_default_and_exposes_raw_detections(mode):
         assert _same_label_overlaps(r, model.nms_thresh) > 0  # raw: overlapping same-class boxes
         assert _same_label_overlaps(s, model.nms_thresh) == 0  # NMS: none left
         assert len(s["scores"]) <= model.detections_per_img
+
+
+@pytest.mark.parametrize("share_towers", [True, False])
+def test_predict_branches_gives_each_branch_what_predict_gives_it(share_towers):
+    """Both branches from one forward (the trainer's evaluation of DATE) = each branch predicted alone."""
+    model = make_detector("dual", share_towers=share_towers).eval()
+    with torch.no_grad():
+        for branch in ("o2o", "o2m"):
+            model.head.predictors[branch]["box"].bias.fill_(2.0 if branch == "o2o" else 3.0)
+    model.score_thresh = 0.0
+    images, targets = batch()
+    sizes = [t["image_size"] for t in targets]
+    both = model.predict_branches(images, sizes, (None, "o2m"))
+    for branch, predictions in zip(("o2o", "o2m"), both):
+        alone = model.predict(images, sizes, branch=branch)
+        assert len(predictions) == len(alone) == len(sizes)
+        for p, a in zip(predictions, alone):
+            assert len(p["scores"]) > 0
+            for key in ("boxes", "scores", "labels"):
+                assert torch.equal(p[key], a[key]), (branch, key)

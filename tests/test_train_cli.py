@@ -53,12 +53,21 @@ def test_sweep_gives_one_tagged_run_per_job_with_a_shared_sweep_id(tmp_path, tra
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val/AP")] == [1, 2]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config_resolved.yaml", "eval_results.json", "train.log"} <= artifacts
+        assert {"config_resolved.yaml", "eval_results.json", "train.log", "convergence.png"} <= artifacts
     dual = next(r for r in runs if r.data.tags["assigner"] == "dual")
     assert {"train/o2o/cls", "train/o2m/ctr", "train/o2o/loss", "train/o2m/loss", "train/lr",
             "train/img_per_s"} <= set(dual.data.metrics)
     job_dirs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert job_dirs[0].name.startswith("assigner-dual_") and job_dirs[1].name.startswith("assigner-o2o_")
+    # each job's last lines say where its MLflow run, checkpoint and convergence figure are
+    for job_dir in job_dirs:
+        run_id = (job_dir / "mlflow_run_id").read_text().strip()
+        last = (job_dir / "train.log").read_text().splitlines()[-3:]
+        assert f"MLflow run {run_id}" in last[0] and train_env["MLFLOW_TRACKING_URI"] in last[0]
+        assert last[1].endswith(f"Checkpoint: {job_dir / 'model_final.pth'} (python -m date.evaluate "
+                                f"checkpoint={job_dir / 'model_final.pth'})")
+        assert last[2].endswith(f"Convergence figure: {job_dir / 'convergence.png'}")
+        assert (job_dir / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the checkpoint evaluates alone to the run's final numbers
     result = run_module("date.evaluate", [f"checkpoint={job_dirs[0] / 'model_final.pth'}", "num_workers=0",

@@ -1,13 +1,14 @@
 """The DATE detector: backbone + FPN + head in training, and the inference of one branch.
 
 In training ``forward`` returns the head outputs of the branches the head has, with their locations;
-date/criterion.py turns them into losses. At inference ``predict`` runs one branch only:
+date/criterion.py turns them into losses. At inference ``predict`` runs one branch only
+(``predict_branches``: several on one forward, for evaluating both branches of DATE):
 - "o2o" (POTO, DATE): top-k scores, no NMS;
 - "o2m" (the FCOS baseline): sqrt(cls * centerness) scores, then NMS.
 
 Legend: B = images, L = FPN levels, N = locations over all levels, C = classes, K = kept candidates.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -80,11 +81,23 @@ class DATEDetector(nn.Module):
             Per image "boxes" [K, 4] xyxy in input pixels (clipped), "scores" [K], "labels" [K] int64,
             K <= detections_per_img, sorted by score.
         """
-        branch = branch or self.inference_branch
-        use_nms = branch == "o2m" if nms is None else bool(nms)
+        return self.predict_branches(images, image_sizes, (branch,), nms=nms)[0]
+
+    @torch.no_grad()
+    def predict_branches(self, images: Tensor, image_sizes: list[tuple[int, int]], branches: Sequence[str | None], *,
+                         nms: bool | None = None) -> list[list[dict[str, Tensor]]]:
+        """:meth:`predict` of each of ``branches`` (None: the inference branch) on one backbone and tower
+        forward: evaluating both branches of DATE costs little more than one."""
+        names = [branch or self.inference_branch for branch in branches]
         features = list(self.backbone(images).values())
-        out = self.head(features, (branch,))[branch]
+        outputs = self.head(features, tuple(dict.fromkeys(names)))
         loc = self._locations(features)
+        return [self._decode(outputs[name], loc, image_sizes, branch=name,
+                             use_nms=name == "o2m" if nms is None else bool(nms)) for name in names]
+
+    def _decode(self, out: dict[str, Tensor], loc: Locations, image_sizes: list[tuple[int, int]], *, branch: str,
+                use_nms: bool) -> list[dict[str, Tensor]]:
+        """One branch's head outputs -> per-image detections (see :meth:`predict`)."""
         if branch == "o2o":
             scores = o2o_logits(out).float().sigmoid()  # [B, N, C]
             per_level = self.topk_candidates

@@ -26,12 +26,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--fresh", action="store_true",
                         help="generate into a temporary cache (timing a cold generation) instead of the real one")
     parser.add_argument("--cache-dir", default=None, help="overrides dataset.cache_dir and $" + CACHE_ENV)
-    parser.add_argument("overrides", nargs="*", help="dataset keys, e.g. num_train=500 image_size=128, or model.size_of_interest=[...]")
+    parser.add_argument("overrides", nargs="*", help="dataset keys, e.g. num_train=500 (or dataset.num_train=500), or model.size_of_interest=[...]")
     args = parser.parse_args(argv)
 
-    # an override of model.size_of_interest=[...] (the FCOS ranges the statistics use) passes as it is
+    # an override of model.size_of_interest=[...] (the FCOS ranges the statistics use) passes as it is, and a
+    # dataset key may be written as date.train takes it (dataset.num_train=500) or short (num_train=500)
     composed = compose_config([f"dataset={args.preset}",
-                               *(o if o.startswith("model.") else f"dataset.{o}" for o in args.overrides)])
+                               *(o if o.startswith(("model.", "dataset.")) else f"dataset.{o}" for o in args.overrides)])
     cfg = composed.dataset
     params = SyntheticParams.from_config(cfg)
     with contextlib.ExitStack() as stack:
