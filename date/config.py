@@ -205,7 +205,8 @@ class TrainConfig:
     amp: str = checked("auto", lambda v: amp_setting(v) in ("auto", "true", "false"), "auto, true or false")
     batch_size: int = at_least(8, 1)  # images per process per step
     num_workers: int = at_least(2, 0)  # data-loading processes per training process (0: the main process)
-    eval_every: int = at_least(1, 1)  # COCO evaluation every N epochs (and always at the end)
+    # COCO evaluation every N epochs (and always at the end); 2 keeps the CPU main job in its budget, studies set 1
+    eval_every: int = at_least(2, 1)
     eval_o2m_branch: bool = True  # dual: also evaluate the o2m branch (+ NMS) as val/o2m/* (a diagnostic)
     checkpoint_every_iters: int = at_least(0, 0)  # also write last.pth every N iterations (0: at epoch ends only)
     log_every: int = at_least(20, 1)  # log line + MLflow train/* metrics every N iterations (and at the last)

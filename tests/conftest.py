@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A training run of a few seconds: 8 + 4 synthetic images, 2 epochs x 2 iterations, eval at each epoch.
 SMOKE = ["schedule=smoke", "dataset.num_train=8", "dataset.num_val=4", "batch_size=4", "num_workers=0",
-         "log_every=1"]
+         "log_every=1", "eval_every=1"]
 
 
 # hydra/launcher=slurm sized for the local test cluster (tests/slurm/start.sh): CPU jobs of one core and

@@ -12,7 +12,7 @@ from date.runtime import checkpoint as ckpt
 
 # 2 epochs x 4 iterations of batch 2, a checkpoint every 3 iterations (mid-epoch) and at epoch ends.
 ARGS = ["schedule=smoke", "schedule.max_iters=null", "dataset.num_train=8", "dataset.num_val=4", "batch_size=2",
-        "num_workers=0", "log_every=1", "checkpoint_every_iters=3"]
+        "num_workers=0", "log_every=1", "eval_every=1", "checkpoint_every_iters=3"]
 TOTAL_ITERS = 8
 
 
