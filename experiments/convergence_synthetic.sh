@@ -8,7 +8,7 @@
 #     num_workers=0 optim.lr=0.02 schedule.epochs=4 schedule.max_iters=16 schedule.lr_steps=[3]
 #                                                             # a ~3-minute proof of the pipeline
 # Extra arguments are Hydra overrides for every run. Environment: PYTHON (python), SCHEDULE (1x),
-# SEEDS (0,1,2), NAME (convergence_synthetic: the run folder and the MLflow experiment), SWEEP_DIR
+# SEEDS (0,1,2), ASSIGNERS (o2o,dual,o2m; the long schedule: o2o,dual), NAME (convergence_synthetic: the run folder and the MLflow experiment), SWEEP_DIR
 # (rerun with the same SWEEP_DIR to resume an interrupted sweep), OUT (<sweep dir>/analysis).
 # The MLflow store is the suite's default or $MLFLOW_TRACKING_URI (use that, not tracking.uri=, so
 # that the analysis reads the same store).
@@ -18,11 +18,12 @@ PYTHON=${PYTHON:-python}
 NAME=${NAME:-convergence_synthetic}
 SCHEDULE=${SCHEDULE:-1x}
 SEEDS=${SEEDS:-0,1,2}
+ASSIGNERS=${ASSIGNERS:-o2o,dual,o2m}
 SWEEP_DIR=${SWEEP_DIR:-multirun/$NAME/$SCHEDULE-$(date +%Y-%m-%d_%H-%M-%S)}
 OUT=${OUT:-$SWEEP_DIR/analysis}
 
 "$PYTHON" -m date.train -m experiment=convergence_synthetic name="$NAME" tracking.experiment="$NAME" \
-  assigner=o2o,dual,o2m seed="$SEEDS" schedule="$SCHEDULE" hydra.sweep.dir="$SWEEP_DIR" "$@"
+  assigner="$ASSIGNERS" seed="$SEEDS" schedule="$SCHEDULE" hydra.sweep.dir="$SWEEP_DIR" "$@"
 # The sweep's id (written by date.runtime.tracking.SweepCallback) selects exactly these runs in MLflow.
 SWEEP_ID=$(cat "$SWEEP_DIR/sweep_id")
 "$PYTHON" -m analysis.convergence --experiment "$NAME" --sweep-id "$SWEEP_ID" --out "$OUT"
