@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on clusters
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 # (metric, label, colour): the inference branch in DATE's colour, the o2m diagnostic in FCOS's (analysis/plots.py)
 CURVES = (("val/AP", "AP (inference branch)", "#D55E00"), ("val/AP50", "AP50 (inference branch)", "#E69F00"),
@@ -43,6 +44,9 @@ def write_run_figure(eval_history: Sequence[dict], loss_history: Sequence[Sequen
             iterations, losses = zip(*loss_history)
             loss_ax.plot(iterations, losses, color="#000000", linewidth=1.2)
             loss_ax.set_yscale("log")
+            loss_ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # ticks at 1, 2, 5, 10, 20 ...
+            loss_ax.yaxis.set_major_formatter(ScalarFormatter())  # written 2, 5, 10 rather than 2x10^0, 5x10^0, 10^1
+            loss_ax.yaxis.set_minor_formatter(NullFormatter())
         loss_ax.set_xlabel("iteration")
         loss_ax.set_ylabel("train loss (weighted sum)")
         loss_ax.grid(True, linewidth=0.4, alpha=0.5)
