@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 from pathlib import Path
 
@@ -154,4 +155,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    # the Trainer's log lines (iteration, ETA, losses, img/s; each evaluation) show the progress of each run
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     main()
