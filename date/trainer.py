@@ -323,10 +323,12 @@ class Trainer:
     def _predict_val(self, branches: list[str | None]) -> tuple[list[list[dict]], list[int]]:
         """Every process predicts its shard of the val split; all of it, gathered, on rank 0 (the records
         of each of ``branches``, the image ids)."""
-        if self.eval_loader is None:  # built once: its workers persist between evaluations
+        # Workers do not persist between evaluations: the training loader's workers, forked in between, would
+        # inherit a live eval iterator and fail to shut its workers down when they exit.
+        if self.eval_loader is None:
             self.eval_loader = build_eval_loader(self.val_set, batch_size=self.cfg.batch_size,
                                                  num_workers=self.cfg.num_workers, rank=self.dist.rank,
-                                                 world_size=self.dist.world_size, persistent_workers=True)
+                                                 world_size=self.dist.world_size)
         per_branch, image_ids = predict_coco_branches(
             model=self.model, loader=self.eval_loader, device=self.device, amp=self.amp,
             label_to_category_id=self.val_set.label_to_category_id, branches=branches)

@@ -14,7 +14,8 @@ from date.runtime import checkpoint as ckpt
 
 # 2 epochs x 4 iterations of batch 2 on the CPU, lr x0.1 after the first
 RUN = ["dataset.num_train=8", "dataset.num_val=4", "batch_size=2", "num_workers=0", "schedule.epochs=2",
-       "schedule.lr_steps=[1]", "schedule.warmup_iters=2", "schedule.warmup_ratio=0.1", "log_every=1"]
+       "schedule.lr_steps=[1]", "schedule.warmup_iters=2", "schedule.warmup_ratio=0.1", "log_every=1",
+       "eval_every=1"]
 
 
 @pytest.fixture(scope="module")

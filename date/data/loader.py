@@ -105,14 +105,14 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def _loader(dataset: Dataset, batch_sampler: Sampler, *, num_workers: int, size_divisibility: int,
-            generator_seed: int, persistent_workers: bool = False) -> DataLoader:
+            generator_seed: int) -> DataLoader:
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=num_workers,
         collate_fn=functools.partial(collate, size_divisibility=size_divisibility),
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=persistent_workers and num_workers > 0,
+        persistent_workers=False,
         worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(generator_seed),
     )
@@ -131,10 +131,9 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int, rank: in
 
 
 def build_eval_loader(dataset: Dataset, *, batch_size: int, num_workers: int, rank: int = 0, world_size: int = 1,
-                      size_divisibility: int = 128, persistent_workers: bool = False) -> DataLoader:
-    """Loader over this rank's shard of ``dataset`` in order, last batch kept; ``persistent_workers``: the
-    worker processes stay up between passes (a loader evaluated after every epoch)."""
+                      size_divisibility: int = 128) -> DataLoader:
+    """Loader over this rank's shard of ``dataset`` in order, last batch kept."""
     sampler = EvalBatchSampler(num_samples=len(dataset), batch_size=batch_size, rank=rank, world_size=world_size)
     return _loader(dataset, sampler, num_workers=num_workers, size_divisibility=size_divisibility,
-                   generator_seed=_mix(rank, 0xE7A1), persistent_workers=persistent_workers)
+                   generator_seed=_mix(rank, 0xE7A1))
 
