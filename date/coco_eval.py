@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from pycocotools.coco import COCO
@@ -72,7 +72,8 @@ def coco_stats(coco_gt: COCO, results: list[dict], image_ids: Iterable[int] | No
 
 @torch.no_grad()
 def predict_coco(*, model: torch.nn.Module, loader: Iterable, label_to_category_id: Sequence[int],
-                 device: torch.device, amp: bool = False, branch: str | None = None) -> tuple[list[dict], list[int]]:
+                 device: torch.device, amp_dtype: Optional[torch.dtype] = None,
+                 branch: str | None = None) -> tuple[list[dict], list[int]]:
     """Run ``model.predict`` over ``loader``; returns (COCO result records, the image ids seen).
 
     Args:
@@ -80,17 +81,17 @@ def predict_coco(*, model: torch.nn.Module, loader: Iterable, label_to_category_
             a list of per-image dicts`` (not DDP-wrapped; see DATEDetector).
         loader: yields (images [B, 3, Hp, Wp], targets) as described in date/data.
         label_to_category_id: contiguous label -> COCO category id.
-        amp: run the forward under bf16 autocast.
+        amp_dtype: run the forward under autocast to this dtype (None: no autocast).
         branch: the branch to evaluate (None: the model's inference branch; see DATEDetector.predict).
     """
     (results,), image_ids = predict_coco_branches(model=model, loader=loader, label_to_category_id=label_to_category_id,
-                                                  device=device, amp=amp, branches=(branch,))
+                                                  device=device, amp_dtype=amp_dtype, branches=(branch,))
     return results, image_ids
 
 
 @torch.no_grad()
 def predict_coco_branches(*, model: torch.nn.Module, loader: Iterable, label_to_category_id: Sequence[int],
-                          device: torch.device, amp: bool = False,
+                          device: torch.device, amp_dtype: Optional[torch.dtype] = None,
                           branches: Sequence[str | None]) -> tuple[list[list[dict]], list[int]]:
     """:func:`predict_coco` of several branches on one forward per batch; returns (the records of each
     branch, in the order of ``branches``, the image ids seen)."""
@@ -100,7 +101,7 @@ def predict_coco_branches(*, model: torch.nn.Module, loader: Iterable, label_to_
     image_ids: list[int] = []
     try:
         for images, targets in loader:
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 predictions = model.predict_branches(images.to(device, non_blocking=True),
                                                      [tuple(t["image_size"]) for t in targets], branches)
             for records, branch_predictions in zip(results, predictions):
@@ -112,14 +113,15 @@ def predict_coco_branches(*, model: torch.nn.Module, loader: Iterable, label_to_
 
 
 def evaluate(*, model: torch.nn.Module, loader: Iterable, coco_gt: COCO, label_to_category_id: Sequence[int],
-             device: torch.device, amp: bool = False) -> tuple[dict[str, float], list[dict]]:
+             device: torch.device,
+             amp_dtype: Optional[torch.dtype] = None) -> tuple[dict[str, float], list[dict]]:
     """:func:`predict_coco` then :func:`coco_stats` (the table goes to the log).
 
     Returns:
         ({"AP": ..., "AP50": ..., ... 12 numbers}, the COCO result records).
     """
     results, image_ids = predict_coco(model=model, loader=loader, label_to_category_id=label_to_category_id,
-                                      device=device, amp=amp)
+                                      device=device, amp_dtype=amp_dtype)
     return score(coco_gt, results, image_ids), results
 
 

@@ -4,6 +4,7 @@ from date.config import ConfigError
 from date.data.errors import DatasetError
 from date.modeling.backbone import BackboneWeightsError
 from date.runtime.checkpoint import CheckpointError
+from date.runtime.run_dir_lock import RunDirBusyError
 from date.runtime.tracking import TrackingError
 
-INPUT_ERRORS = (ConfigError, DatasetError, TrackingError, CheckpointError, BackboneWeightsError)
+INPUT_ERRORS = (ConfigError, DatasetError, TrackingError, CheckpointError, BackboneWeightsError, RunDirBusyError)

@@ -21,7 +21,7 @@ from date.data.loader import build_eval_loader
 from date.errors import INPUT_ERRORS
 from date.modeling.build import checkpoint_config, detector_from_checkpoint
 from date.runtime import checkpoint as ckpt
-from date.runtime.distributed import resolve_device, use_amp
+from date.runtime.distributed import autocast_dtype, resolve_device
 from date.runtime.logs import errors_as_messages
 
 log = logging.getLogger("date.evaluate")
@@ -39,7 +39,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     stats, _ = evaluate(model=model, loader=build_eval_loader(val_set, batch_size=cfg.batch_size,
                                                               num_workers=cfg.num_workers),
                         coco_gt=val_set.coco, label_to_category_id=val_set.label_to_category_id, device=device,
-                        amp=use_amp(amp_setting(cfg.amp), device))
+                        amp_dtype=autocast_dtype(amp_setting(cfg.amp), device))
     print("  ".join(f"{k} {v:.4f}" for k, v in stats.items()))
     if cfg.output:
         Path(cfg.output).write_text(json.dumps(stats, indent=1))

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-matplotlib.use("Agg")  # files only; no display on clusters
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
+from date.runtime import checkpoint as ckpt
 
 # (metric, label, colour): the inference branch in DATE's colour, the o2m diagnostic in FCOS's (analysis/plots.py)
 CURVES = (("val/AP", "AP (inference branch)", "#D55E00"), ("val/AP50", "AP50 (inference branch)", "#E69F00"),
@@ -28,8 +28,11 @@ def write_run_figure(eval_history: Sequence[dict], loss_history: Sequence[Sequen
         loss_history: [(iteration, train/loss)] of the logged windows.
         title: what ran (the run name).
     """
-    with plt.rc_context({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False}):
-        fig, (ap_ax, loss_ax) = plt.subplots(1, 2, figsize=(8.0, 3.2), constrained_layout=True)
+    # A bare Figure, not pyplot: no global backend is chosen for the process (a notebook importing the trainer
+    # keeps its own), and nothing needs closing.
+    with matplotlib.rc_context({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False}):
+        fig = Figure(figsize=(8.0, 3.2), layout="constrained")
+        ap_ax, loss_ax = fig.subplots(1, 2)
         for metric, label, colour in CURVES:
             points = [(h["epoch"], 100 * h[metric]) for h in eval_history if metric in h]
             if points:
@@ -52,6 +55,5 @@ def write_run_figure(eval_history: Sequence[dict], loss_history: Sequence[Sequen
         loss_ax.grid(True, linewidth=0.4, alpha=0.5)
         fig.suptitle(title, fontsize=10)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150)
-        plt.close(fig)
+        ckpt.write_atomic(path, lambda f: fig.savefig(f, dpi=150, format=Path(path).suffix[1:] or "png"))
     return path

@@ -9,7 +9,10 @@ resumes from ``<run dir>/last.pth`` and continues the same MLflow run.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -31,6 +34,7 @@ from date.runtime.checkpoint import seed_everything
 from date.runtime.distributed import barrier, cleanup, env_info, init_distributed, resolve_device
 from date.runtime.logs import errors_as_messages, job_log_file, log_to_rank_file
 from date.runtime.preemption import checkpoint_on_signal
+from date.runtime.run_dir_lock import run_dir_lock
 from date.runtime.tracking import (GROUP_TAGS, RUN_ID_FILE, RunTracker, check_reachable, git_commit,
                                    read_or_create_sweep_id, resolve_uri)
 from date.trainer import FIGURE, FINAL_FLUSH_S, NonFiniteLossError, Trainer
@@ -48,10 +52,19 @@ def _sweep_id(hc) -> str:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train with the composed config ``cfg``; returns the final metrics."""
-    validate(cfg)
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    try:
+        validate(cfg)
+    except ConfigError:
+        _remove_unused_run_dir(run_dir, hc)
+        raise
     dist_info = env_info()
+    with run_dir_lock(run_dir) if dist_info.is_main else contextlib.nullcontext():
+        return _run_locked(cfg, hc, run_dir, dist_info)
+
+
+def _run_locked(cfg: DictConfig, hc, run_dir: Path, dist_info) -> dict[str, float]:
     device = resolve_device(cfg.device, local_rank=dist_info.local_rank)
     init_distributed(device=device)
     log_to_rank_file(dist_info.rank)
@@ -70,7 +83,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     try:
         if finished:
             return _report_finished(tracker, run_dir, resolved, resume_from)
-        with checkpoint_on_signal() as preemption:  # SLURM preemption / time limit: save, requeue, resume
+        # SLURM preemption / time limit: save, requeue, resume; SIGTERM / Ctrl-C elsewhere: save, say how to resume
+        with checkpoint_on_signal(_resume_command(hc)) as preemption:
             metrics = _train(cfg, resolved, run_dir, device, dist_info, tracker, resume_from, *datasets,
                              preemption=preemption)
     except BaseException as exc:
@@ -80,10 +94,25 @@ def run(cfg: DictConfig) -> dict[str, float]:
             _finish(tracker, run_dir, resolved, status="KILLED" if killed else "FAILED")
         raise
     if tracker is not None:
+        _log_model(tracker, run_dir, datasets[1])
         _finish(tracker, run_dir, resolved)
     if dist_info.is_main:
         _say_where(cfg, tracker, run_dir)
     return metrics
+
+
+def _log_model(tracker: RunTracker, run_dir: Path, val_set) -> None:
+    """The final detector as an MLflow model of the run; a failure is logged (the training is done)."""
+    from date.runtime.logged_model import log_detector  # imports mlflow.pyfunc and pandas: only at the end
+
+    try:
+        uri = log_detector(tracking_uri=tracker.uri, run_id=tracker.run_id, checkpoint=run_dir / ckpt.FINAL,
+                           label_to_category_id=val_set.label_to_category_id)
+    except Exception as exc:
+        log.warning("Could not log the final model to MLflow run %s: %s: %s", tracker.run_id, type(exc).__name__,
+                    exc)
+        return
+    log.info("MLflow model %s: mlflow.pyfunc.load_model('runs:/%s/model').predict(images)", uri, tracker.run_id)
 
 
 def _say_where(cfg, tracker: RunTracker | None, run_dir: Path) -> None:
@@ -93,6 +122,30 @@ def _say_where(cfg, tracker: RunTracker | None, run_dir: Path) -> None:
                  cfg.tracking.experiment, tracker.uri, tracker.uri)
     log.info("Checkpoint: %s (python -m date.evaluate checkpoint=%s)", run_dir / ckpt.FINAL, run_dir / ckpt.FINAL)
     log.info("Convergence figure: %s", run_dir / FIGURE)
+
+
+def _remove_unused_run_dir(run_dir: Path, hc) -> None:
+    """A config refused before anything ran leaves no outputs/... dir behind: remove the run dir Hydra made
+    for it (its .hydra/ and log) and the empty folders above it, up to the launch directory's outputs/."""
+    if hc.mode == RunMode.MULTIRUN or not run_dir.is_dir():
+        return
+    if not {p.name for p in run_dir.iterdir()} <= {hc.output_subdir, f"{hc.job.name}.log"}:
+        return  # an earlier run's files: keep everything
+    shutil.rmtree(run_dir, ignore_errors=True)
+    outputs = Path.cwd() / "outputs"
+    for parent in run_dir.absolute().parents:
+        if parent == outputs.parent or outputs not in (parent, *parent.parents):
+            break
+        with contextlib.suppress(OSError):
+            parent.rmdir()  # only if empty
+
+
+def _resume_command(hc) -> str:
+    """The command that continues this run where it stops: the same command line (a sweep: with its sweep dir)."""
+    args = sys.argv[1:]
+    if hc.mode == RunMode.MULTIRUN and not any(a.startswith("hydra.sweep.dir=") for a in args):
+        args = [*args, f"hydra.sweep.dir={Path(hc.sweep.dir).absolute()}"]
+    return " ".join(["python -m date.train", *(shlex.quote(a) for a in args)])
 
 
 def _checkpoint_to_resume(cfg, run_dir: Path, resolved: dict) -> dict | None:
@@ -160,8 +213,11 @@ def _train(cfg, resolved, run_dir, device, dist_info, tracker, resume_from, trai
 
 def _finish(tracker: RunTracker, run_dir: Path, resolved: dict, status: str = "FINISHED") -> None:
     """Upload the resolved config, the eval results and the job log; close the MLflow run."""
-    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
-    tracker.log_artifact(run_dir / "config_resolved.yaml")
+    try:
+        ckpt.write_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(resolved))
+        tracker.log_artifact(run_dir / "config_resolved.yaml")
+    except ckpt.SaveError as exc:  # a full disk must not keep the MLflow run from being closed
+        log.warning("%s", exc)
     for name in ("eval_results.json", FIGURE):
         if (run_dir / name).exists():
             tracker.log_artifact(run_dir / name)
@@ -181,7 +237,7 @@ def _exit_on_sigterm() -> None:
 def main(cfg: DictConfig) -> dict[str, float]:
     _exit_on_sigterm()
     try:
-        with errors_as_messages({**dict.fromkeys(INPUT_ERRORS, 2), NonFiniteLossError: 1}):
+        with errors_as_messages({**dict.fromkeys(INPUT_ERRORS, 2), NonFiniteLossError: 1, ckpt.SaveError: 1}):
             return run(cfg)
     finally:
         cleanup()

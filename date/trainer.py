@@ -26,15 +26,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from date.assign import NonFiniteQualityError
 from date.coco_eval import predict_coco_branches, score
 from date.config import ConfigError, amp_setting, resolved_config
 from date.criterion import DATECriterion, Losses
 from date.data.loader import build_eval_loader, build_train_loader
 from date.run_figure import write_run_figure
 from date.runtime import checkpoint as ckpt
-from date.runtime.distributed import DistInfo, barrier, replica_checksums, use_amp
+from date.runtime.distributed import DistInfo, autocast_dtype, barrier, replica_checksums
 from date.runtime.logs import train_line
-from date.runtime.preemption import CheckpointSignal
+from date.runtime.preemption import CheckpointSignal, StopOnSignal
 from date.runtime.tracking import RunTracker
 
 log = logging.getLogger(__name__)
@@ -79,16 +80,30 @@ def lr_factor(it: int, *, warmup_iters: int, warmup_ratio: float, milestones: Se
 
 
 def check_finite(values: list[float], names: Sequence[str], *, where: str, last_checkpoint: Path) -> None:
-    """values = (total, terms...) as floats; raise NonFiniteLossError naming the first bad term."""
+    """values = (total, loss terms..., gradient norm) as floats, named by ``names``; raise NonFiniteLossError
+    naming the first bad loss term (else the gradients)."""
     if all(math.isfinite(v) for v in values):
         return
-    bad = next((n for n, v in zip(names[1:], values[1:]) if not math.isfinite(v)), names[0])
-    terms = ", ".join(f"{n} = {v:.4g}" for n, v in zip(names, values))
+    detail = ", ".join(f"{n} = {v:.4g}" for n, v in zip(names, values))
+    if all(math.isfinite(v) for v in values[:-1]):
+        what = f"gradients at {where}: their norm is {values[-1]} while the loss is finite ({detail})"
+    else:
+        bad = next((n for n, v in zip(names[1:-1], values[1:-1]) if not math.isfinite(v)), names[0])
+        what = f"loss at {where}: {bad} is {values[names.index(bad)]} ({detail})"
+    raise non_finite_error(what, last_checkpoint=last_checkpoint)
+
+
+def non_finite_error(what: str, *, last_checkpoint: Path) -> NonFiniteLossError:
+    """The one-paragraph stop message; nothing non-finite is ever written, so the last checkpoint is good."""
     last_good = (f"the last good one, {last_checkpoint}, is intact" if last_checkpoint.exists()
                  else "none had been written yet")
-    raise NonFiniteLossError(
-        f"Non-finite loss at {where}: {bad} is {values[names.index(bad)]} ({terms}). Training stopped without "
-        f"writing a checkpoint; {last_good}. Try a lower optim.lr, keep optim.clip_grad_norm set, or amp=false.")
+    return NonFiniteLossError(
+        f"Non-finite {what}. Training stopped without writing a checkpoint; {last_good}. Try a lower optim.lr, keep "
+        "optim.clip_grad_norm set, or amp=false.")
+
+
+def _examples(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
 class Trainer:
@@ -104,18 +119,21 @@ class Trainer:
         device, dist_info: this process's device and rank.
         tracker: the MLflow run (rank 0; None elsewhere or without tracking).
         resume_from: a loaded last.pth to continue from.
-        preemption: SLURM's checkpoint signal (date.runtime.preemption); once received, training writes
-            last.pth at the next iteration boundary and hands over to submitit, which requeues the job.
+        preemption: SLURM's checkpoint signal, or SIGTERM / Ctrl-C outside SLURM (date.runtime.preemption); once
+            received, training writes last.pth at the next iteration boundary and hands over: submitit requeues
+            the job, or the process says how to resume and exits.
     """
 
     def __init__(self, cfg, *, model: nn.Module, criterion: DATECriterion, train_set, val_set, run_dir: Path,
                  device: torch.device, dist_info: DistInfo = DistInfo(), tracker: Optional[RunTracker] = None,
-                 resume_from: Optional[dict] = None, preemption: Optional[CheckpointSignal] = None):
+                 resume_from: Optional[dict] = None, preemption: CheckpointSignal | StopOnSignal | None = None):
         self.cfg, self.model, self.criterion = cfg, model, criterion
         self.train_set, self.val_set = train_set, val_set
         self.run_dir, self.device, self.dist, self.tracker = Path(run_dir), device, dist_info, tracker
         self.preemption = preemption
-        self.amp = use_amp(amp_setting(cfg.amp), device)
+        self.amp_dtype = autocast_dtype(amp_setting(cfg.amp), device)  # None: no autocast
+        # fp16 (GPUs without native bf16) needs loss scaling; it skips the steps whose gradients overflow
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.config = resolved_config(cfg)  # stored in every checkpoint
         if dist_info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,13 +186,15 @@ class Trainer:
         log.info("Training: %d epochs x %d iterations (%d in total), %d images per step on %s%s, lr %.2e "
                  "(%.1e x %d/16), warm-up %d iterations, lr x0.1 at iterations %s", cfg.schedule.epochs,
                  self.iters_per_epoch, self.total_iters, images_per_step, self.device,
-                 " with bf16 autocast" if self.amp else "", self.lr, o.lr, images_per_step, self.warmup,
+                 f" with {str(self.amp_dtype).removeprefix('torch.')} autocast" if self.amp_dtype else "", self.lr, o.lr, images_per_step, self.warmup,
                  self.milestones)
 
     def _resume(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):  # fp16 runs; absent from older checkpoints
+            self.scaler.load_state_dict(saved["scaler"])
         ckpt.set_rng_state(saved["rng"])
         for key in self.state:
             self.state[key] = saved.get(key, self.state[key])  # loss_history: absent from older checkpoints
@@ -225,27 +245,40 @@ class Trainer:
                 self.last_tick = time.perf_counter()
 
     def _step(self, images: torch.Tensor, targets: list[dict], epoch: int, it: int) -> tuple[Losses, list[float]]:
-        """One optimisation step; returns the losses and [total, terms...] as floats (mean over processes)."""
+        """One optimisation step; returns the losses and [total, terms..., gradient norm] as floats (mean over
+        processes). Nothing non-finite reaches the weights: the check runs between backward and the update."""
         g = self.state["global_iter"]
+        where = f"iteration {g + 1} (epoch {epoch + 1}, iteration {it + 1}/{self.iters_per_epoch} of the epoch)"
         images = images.to(self.device, non_blocking=True)
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             outputs, locations = self.net(images)
-            losses = self.criterion(outputs, locations, targets, g / self.total_iters)
-        values = torch.stack([losses.total.detach().float(), *(t.detach().float() for t in losses.terms.values())])
+            try:
+                losses = self.criterion(outputs, locations, targets, g / self.total_iters)
+            except NonFiniteQualityError as exc:  # diverged o2o predictions, found by the matcher before any loss
+                raise non_finite_error(f"o2o matching cost at {where}: {exc}",
+                                       last_checkpoint=self.run_dir / ckpt.LAST) from None
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses.total).backward()
+        self.scaler.unscale_(self.optimizer)  # clip and check the true gradients (a no-op without fp16)
+        clip = self.cfg.optim.clip_grad_norm
+        # the norm of all gradients (before clipping): NaN/Inf there would reach the weights through the update
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, clip) if clip is not None
+                     else torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
+        values = torch.stack([losses.total.detach().float(), *(t.detach().float() for t in losses.terms.values()),
+                              grad_norm.detach().float().to(self.device)])
         if self.dist.world_size > 1:  # log the mean over processes; a NaN on one stops all of them
             torch.distributed.all_reduce(values)
             values /= self.dist.world_size
         floats = values.tolist()  # the one host sync per iteration
-        check_finite(floats, ["total", *losses.terms], last_checkpoint=self.run_dir / ckpt.LAST,
-                     where=f"iteration {g + 1} (epoch {epoch + 1}, iteration {it + 1}/{self.iters_per_epoch} of the epoch)")
+        # with fp16 an overflowing gradient is routine: the scaler skips that step and lowers its scale
+        check = floats if not self.scaler.is_enabled() else [*floats[:-1], 0.0]
+        check_finite(check, ["total", *losses.terms, "gradient norm"], where=where,
+                     last_checkpoint=self.run_dir / ckpt.LAST)
         self.lr_now = self.scheduler.get_last_lr()[0]  # the lr of the FPN/head (group 0) for this step
-        self.optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
-        if self.cfg.optim.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.clip_grad_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
-        return losses, floats
+        return losses, floats[:-1]
 
     def _accumulate(self, losses: Losses, values: list[float], batch_images: int) -> None:
         """Add one step to the logging window: the total, each term, and each branch's weighted sum."""
@@ -283,6 +316,7 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         """After an epoch (or max_iters): evaluate when due, then checkpoint."""
+        self._check_weights()  # before evaluating or saving them
         epochs_done = self.state["epoch"] + 1
         self.state["epoch"], self.state["iter_in_epoch"] = epochs_done, 0
         done = self.state["global_iter"] >= self.total_iters
@@ -312,8 +346,8 @@ class Trainer:
                      o2m_stats["AP"], o2m_stats["AP50"])
         self.state["eval_history"].append({"epoch": epochs_done, **val})
         self.state["metrics"].update(val)
-        (self.run_dir / "eval_results.json").write_text(json.dumps(self.state["eval_history"], indent=1))
-        (self.run_dir / "detections_val.json").write_text(json.dumps(results))
+        ckpt.write_atomic(self.run_dir / "eval_results.json", json.dumps(self.state["eval_history"], indent=1))
+        ckpt.write_atomic(self.run_dir / "detections_val.json", json.dumps(results))
         if self.tracker is not None:
             self.tracker.log_metrics(val, step=epochs_done)
             self.tracker.flush(force=True)
@@ -330,7 +364,7 @@ class Trainer:
                                                  num_workers=self.cfg.num_workers, rank=self.dist.rank,
                                                  world_size=self.dist.world_size)
         per_branch, image_ids = predict_coco_branches(
-            model=self.model, loader=self.eval_loader, device=self.device, amp=self.amp,
+            model=self.model, loader=self.eval_loader, device=self.device, amp_dtype=self.amp_dtype,
             label_to_category_id=self.val_set.label_to_category_id, branches=branches)
         if self.dist.world_size > 1:
             shards = [None] * self.dist.world_size
@@ -343,22 +377,32 @@ class Trainer:
         """last.pth, atomically (rank 0): everything a resume needs."""
         if not self.dist.is_main:
             return
+        self._check_weights()
         tracker = self.tracker
         if tracker is not None:
             tracker.flush()  # metrics sent before a checkpoint are not re-sent after a resume
         ckpt.save_atomic({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(), **self.state,
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(),
+            **self.state,
             "total_iters": self.total_iters, "finished": finished,
             "mlflow_run_id": tracker.run_id if tracker is not None else None,
             "pending_metrics": tracker.pending_state() if tracker is not None else [], "config": self.config,
         }, self.run_dir / ckpt.LAST)
 
+    def _check_weights(self) -> None:
+        """Refuse to write weights that overflowed in the last update (finite gradients, a huge lr)."""
+        bad = [name for name, t in self.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+        if bad:
+            raise non_finite_error(f"weights after iteration {self.state['global_iter']}: {_examples(bad)}",
+                                   last_checkpoint=self.run_dir / ckpt.LAST)
+
     def _hand_over(self, bar: tqdm, epoch: int, it: int) -> None:
-        """SLURM asked for a checkpoint: the state is that of the iteration boundary, so this batch is drawn
-        again after the resume."""
+        """A stop signal arrived: the state is that of the iteration boundary, so this batch is drawn again
+        after the resume."""
         self.save_last()
-        log.info("Checkpoint written for requeueing: %s at epoch %d iter %d (global iteration %d/%d)",
+        purpose = " for requeueing" if isinstance(self.preemption, CheckpointSignal) else ""
+        log.info("Checkpoint written%s: %s at epoch %d iter %d (global iteration %d/%d)", purpose,
                  self.run_dir / ckpt.LAST, epoch, it, self.state["global_iter"], self.total_iters)
         bar.close()
         self.preemption.hand_over()
@@ -366,6 +410,7 @@ class Trainer:
     def _finish(self) -> dict[str, float]:
         """model_final.pth, the last metrics sent, last.pth marked finished, the replicas compared."""
         if self.dist.is_main:
+            self._check_weights()
             ckpt.save_atomic({"model": self.model.state_dict(), "config": self.config, "metrics": self.state["metrics"]},
                              self.run_dir / ckpt.FINAL)
             write_run_figure(self.state["eval_history"], self.state["loss_history"], self.run_dir / FIGURE,

@@ -182,3 +182,17 @@ def test_a_failing_job_is_named_with_its_log_and_the_others_are_kept(tmp_path, t
     assert [(r.data.tags["dataset"], r.info.status) for r in runs] == [("synthetic", "FINISHED")]
     (finished,) = sweep.glob(f"*/{ckpt.FINAL}")  # the synthetic job's results are complete
     assert "- dataset=synthetic" in (finished.parent / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_sbatch_refusing_the_gpus_is_one_paragraph_naming_the_launcher_key(tmp_path, train_env):
+    # the launcher's default gpus_per_node (one GPU per task) on this cluster, which has no GPU gres
+    sweep = tmp_path / "sweep"
+    gpus = [a for a in SLURM_CPU if not a.startswith("hydra.launcher.gpus_per_node=")]
+    result = run_module("date.train", ["-m", *gpus, *SMOKE, f"hydra.sweep.dir={sweep}"], env=train_env, cwd=tmp_path,
+                        timeout=120)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    message = result.stderr[result.stderr.index("sbatch refused"):]
+    assert "sbatch: error: Invalid generic resource (gres) specification" in message  # sbatch's own words
+    assert "hydra.launcher.gpus_per_node=null" in message and "nothing was submitted" in message
+    assert not [p for p in (sweep / ".submitit").iterdir() if p.is_dir()]  # no <job id> folder: no job

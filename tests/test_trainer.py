@@ -133,3 +133,18 @@ def test_dual_evaluates_its_o2m_branch_as_a_diagnostic(setup, tmp_path, one_thre
     alone = _train(setup, tmp_path / "alone", eval_o2m_branch=False)
     assert not any(k.startswith("val/o2m/") for k in alone)
     assert alone["val/AP"] == both["val/AP"] and alone["train/loss"] == both["train/loss"]  # a diagnostic only
+
+
+@pytest.mark.parametrize("amp,device,bf16,expected", [
+    ("auto", "cpu", None, None),  # CPU autocast is slow and changes CPU numbers: off unless asked for
+    ("true", "cpu", None, torch.bfloat16),
+    ("false", "cuda", True, None),
+    ("auto", "cuda", True, torch.bfloat16),  # Ampere and later
+    ("auto", "cuda", False, torch.float16),  # V100 / T4: bf16 only emulated; fp16 with a gradient scaler
+    ("true", "cuda", False, torch.float16),
+])
+def test_autocast_dtype_falls_back_to_fp16_without_native_bf16(amp, device, bf16, expected):
+    from date.runtime.distributed import autocast_dtype
+
+    assert autocast_dtype(amp, torch.device(device), bf16_supported=bf16) == expected
+

@@ -19,6 +19,11 @@ from date.box_ops import batched_pairwise_iou, in_center_region
 OUTSIDE_QUALITY = -1.0
 
 
+class NonFiniteQualityError(FloatingPointError):
+    """POTO's quality holds NaN or Inf: the one-to-one branch's predictions are not finite (a diverged run);
+    scipy cannot match on such a matrix."""
+
+
 @torch.no_grad()
 def poto_quality(
     cls_logits: Tensor,
@@ -100,6 +105,9 @@ def match_one_to_one_batched(quality: Tensor, num_gts: Tensor) -> Tensor:
         rows = (np.arange(m)[:, None] * K + np.arange(k)[None, :]).reshape(-1)  # each real gt's top-k
         locations, first = np.unique(cand[b, rows], return_index=True)
         small = cand_quality[b, rows[first], :m]  # [<= m*k, m]
+        if not np.isfinite(small).all():
+            raise NonFiniteQualityError(f"POTO's matching quality of image {b} of the batch has NaN/Inf entries: the "
+                                        "o2o branch's predictions (o2o/cls logits or boxes) are not finite")
         row_ind, col_ind = linear_sum_assignment(small, maximize=True)
         matched[b, col_ind] = locations[row_ind]
     return torch.from_numpy(matched).to(quality.device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import signal
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -97,6 +98,10 @@ class EvalBatchSampler(Sampler[list[int]]):
 
 
 def _seed_worker(worker_id: int) -> None:
+    # Ctrl-C reaches the terminal's whole process group: the training process stops at an iteration boundary
+    # and shuts its workers down itself (a worker that died of it would fail the batch being loaded). SIGTERM
+    # stays as it is: it is how the loader and multiprocessing stop workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # torch seeds each worker from the loader's generator; numpy / random follow it (augmentation
     # itself is seeded per sample, this only covers stray library randomness)
     s = torch.initial_seed() % 2**32

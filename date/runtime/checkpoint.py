@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, safe loads (``torch.load(weights_only=True)``) and RNG state.
+"""Checkpoints and run files: atomic writes, safe loads (``torch.load(weights_only=True)``) and RNG state.
 
 ``last.pth`` (resumable training state) holds only tensors, numbers, strings, lists and dicts, so it
 loads with ``weights_only=True``: no pickled code runs when a checkpoint is opened.
@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable, Optional
 
 import numpy as np
 import torch
@@ -22,31 +23,64 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the current run."""
 
 
+class SaveError(OSError):
+    """A run file could not be written (disk full, quota, file-size limit); the previous version is intact."""
+
+
 def save_atomic(obj: Any, path: Path) -> None:
-    """Write ``obj`` to ``path`` so that a reader (or a kill) sees the old or the new file, never half.
+    """``torch.save(obj)`` to ``path`` so that a reader (or a kill) sees the old or the new file, never half."""
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_atomic(path: Path, write: str | bytes | Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` (text, bytes, or what ``write(binary file)`` writes) atomically: the old or the new file.
 
     The temporary file lives in the same directory (same file system, so ``os.replace`` is atomic) and
     is fsync'ed before the rename; the directory is fsync'ed after it so the rename itself is durable.
+    A failed write (SaveError naming the path and the free space) leaves the previous file untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            if callable(write):
+                write(f)
+            else:
+                f.write(write.encode() if isinstance(write, str) else write)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        os_error = _os_error(exc)
+        if os_error is None:
+            raise
+        raise SaveError(_save_failure(path, os_error)) from exc
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _os_error(exc: BaseException) -> Optional[OSError]:
+    """The OSError behind ``exc`` (torch.save reports a failed write as a RuntimeError raised while handling it)."""
+    while exc is not None:
+        if isinstance(exc, OSError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _save_failure(path: Path, error: OSError) -> str:
+    free = shutil.disk_usage(path.parent).free
+    kept = "the previous one is intact" if path.exists() else "there was none before"
+    return (f"Could not write {path}: {error.strerror or error} ({free / 2**30:.2f} GiB free on its file system). "
+            f"That file is unchanged ({kept}). Free some space (or raise the quota / file-size limit) and rerun the "
+            "same command: training resumes from the last checkpoint.")
 
 
 def load(path: Path) -> dict[str, Any]:

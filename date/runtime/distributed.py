@@ -12,6 +12,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+from typing import Optional
+
 import torch
 import torch.distributed as dist
 
@@ -69,9 +71,22 @@ def resolve_device(device: str, *, local_rank: int = 0) -> torch.device:
     return torch.device(device)
 
 
-def use_amp(amp: str, device: torch.device) -> bool:
-    """amp "auto": bf16 autocast on CUDA only (CPU autocast is slow and changes CPU numbers)."""
-    return device.type == "cuda" if amp == "auto" else amp == "true"
+def autocast_dtype(amp: str, device: torch.device, *, bf16_supported: Optional[bool] = None) -> Optional[torch.dtype]:
+    """The autocast dtype of ``amp`` (auto | true | false) on ``device``; None: no autocast.
+
+    "auto" autocasts on CUDA only (CPU autocast is slow and changes CPU numbers). On CUDA the dtype is bf16
+    where the GPU computes it natively (Ampere and later); fp16 elsewhere (V100, T4: bf16 is emulated
+    there, several times slower), which needs a gradient scaler (the trainer adds one). On the CPU
+    ``amp=true`` means bf16, the one dtype CPU autocast supports well. ``bf16_supported`` overrides the
+    device query (tests).
+    """
+    if amp == "false" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if device.type != "cuda":
+        return torch.bfloat16
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if bf16_supported else torch.float16
 
 
 def init_distributed(*, device: torch.device) -> DistInfo:

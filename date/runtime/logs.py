@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,6 +65,18 @@ def report_error(message: str) -> None:
             handler.handle(record)
 
 
+def original_message(exc: BaseException) -> str:
+    """The message of ``exc`` as its raiser wrote it. An error raised in a DataLoader worker reaches the main
+    process re-created with "Caught X in DataLoader worker process N. Original Traceback ..." and the whole
+    worker traceback as its message: the original is the text after the traceback's last "module.X: "."""
+    message = str(exc)
+    if not re.match(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback", message):
+        return message
+    marker = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    start = message.rfind(marker)
+    return message[start + len(marker):].strip() if start >= 0 else message
+
+
 @contextmanager
 def errors_as_messages(exit_codes: Mapping[type, int]):
     """Turn the listed exception types into a one-paragraph message on stderr and their exit code
@@ -73,5 +86,5 @@ def errors_as_messages(exit_codes: Mapping[type, int]):
     except tuple(exit_codes) as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        report_error(str(exc))
+        report_error(original_message(exc))
         sys.exit(next(code for kind, code in exit_codes.items() if isinstance(exc, kind)))

@@ -7,6 +7,8 @@ What the plugin's launcher (hydra-submitit-launcher 1.2) does not do, and these 
   :meth:`_SweepReport.launch` waits for every job of the array, prints where the results are and one
   status line per job (a failed one with its error and its log, ``.submitit/<id>/<id>_0_log.err``),
   then fails the sweep naming the failed jobs. Results of the jobs that finished are kept.
+* When sbatch refuses the job array, it raises submitit's FailedJobError with a traceback;
+  :class:`SubmissionRefused` says instead what sbatch said and which ``hydra.launcher`` key to change.
 * Every task of a multi-task job (``tasks_per_node`` > 1: one process per GPU) runs the whole Hydra
   task and would rewrite ``<run dir>/.hydra/``; only rank 0 writes it here.
 
@@ -34,6 +36,24 @@ log = logging.getLogger(__name__)
 
 class SweepJobsFailed(CompactHydraException):
     """Some jobs of a sweep failed (Hydra prints only this message, no traceback of internals)."""
+
+
+class SubmissionRefused(CompactHydraException):
+    """sbatch refused the sweep's job array (Hydra prints only this message: sbatch's words and the key to change)."""
+
+
+def _refusal_message(sbatch_error: str, params: dict) -> str:
+    """What sbatch said and the launcher key to change: the GPUs asked for by default (one per task) are the
+    usual cause on a CPU-only partition, any other refusal names an sbatch option set by hydra.launcher.*."""
+    said = "\n  ".join(line.strip() for line in sbatch_error.splitlines() if line.strip()) or "(no error message)"
+    if "gres" in sbatch_error.lower() or "gpu" in sbatch_error.lower():
+        hint = (f"The launcher asks for hydra.launcher.gpus_per_node={params.get('gpus_per_node')} GPUs per node "
+                "(default: one per task); on a partition without GPUs set hydra.launcher.gpus_per_node=null "
+                "(or pick a GPU partition: hydra.launcher.partition=...).")
+    else:
+        hint = ("Change the sbatch option it names: the hydra.launcher.* keys (conf/hydra/launcher/slurm.yaml, "
+                "or override them on the command line).")
+    return f"sbatch refused the sweep's job array, nothing was submitted:\n  {said}\n{hint}"
 
 
 def _task_rank() -> int:
@@ -113,7 +133,10 @@ class _SweepReport:
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
             args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
-        return executor.map_array(self, *zip(*args))
+        try:
+            return executor.map_array(self, *zip(*args))
+        except submitit.core.utils.FailedJobError as exc:  # sbatch exited non-zero; its stderr is the message
+            raise SubmissionRefused(_refusal_message(str(exc), self.params)) from exc
 
 
 class SlurmLauncher(_SweepReport, plugin.SlurmLauncher):

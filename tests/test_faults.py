@@ -1,0 +1,286 @@
+"""Faults and bad input end in one clear paragraph with work kept (README, "When things go wrong").
+
+Every test drives the real ``python -m date.train`` the way a user does; the SIGKILL, preemption and
+unreachable-server rows of the README's table are tested in test_train_resume.py, test_slurm.py and
+test_train_cli.py.
+"""
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import SMOKE, run_module
+from date.config import compose_config
+from date.data.build import build_datasets
+from date.runtime import checkpoint as ckpt
+from date.runtime.run_dir_lock import RunDirBusyError, run_dir_lock
+
+# 2 epochs x 16 iterations of batch 2 with a loader worker: long enough to be stopped mid-epoch.
+LONG = ["schedule=smoke", "schedule.max_iters=null", "dataset.num_train=32", "dataset.num_val=4", "batch_size=2",
+        "num_workers=1", "log_every=1", "eval_every=1"]
+TOTAL_ITERS = 32
+
+
+def _no_traceback(result) -> None:
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr[-3000:]
+
+
+def _error_paragraph(stderr: str) -> str:
+    [line] = [line for line in stderr.splitlines() if line.startswith("Error: ")]
+    return line
+
+
+def _all_finite(path: Path) -> bool:
+    return all(t.isfinite().all() for t in ckpt.load(path)["model"].values() if t.is_floating_point())
+
+
+def _wait_for(predicate, proc, timeout=300.0, what="") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        assert proc.poll() is None, f"the run ended before {what}"
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("assigner", ["o2o", "dual"])
+def test_diverging_poto_run_stops_with_the_message_not_a_traceback(assigner, tmp_path, train_env):
+    # lr 1e8 makes the o2o predictions NaN at the second step: POTO's matching sees them before any loss
+    result = run_module("date.train", [*SMOKE, f"assigner={assigner}", "optim.lr=1e8", "checkpoint_every_iters=1"],
+                        env=train_env, cwd=tmp_path)
+    assert result.returncode == 1
+    _no_traceback(result)
+    message = _error_paragraph(result.stderr)
+    assert "Non-finite o2o matching cost at iteration 2 (epoch 1, iteration 2/2 of the epoch)" in message
+    assert "Try a lower optim.lr" in message
+    for last in tmp_path.glob("outputs/**/last.pth"):  # written after iteration 1, before the NaN
+        assert _all_finite(last)
+
+
+def test_weights_that_overflow_on_an_epochs_last_step_are_never_saved(tmp_path, train_env):
+    # one iteration per epoch and an lr whose update overflows float32: the gradients are finite, the
+    # weights after the epoch's last (only) step are not, and the epoch-end checkpoint must refuse them
+    args = ["schedule=smoke", "dataset.num_train=4", "dataset.num_val=4", "batch_size=4", "num_workers=0",
+            "assigner=o2o", "optim.lr=1e41"]
+    result = run_module("date.train", args, env=train_env, cwd=tmp_path)
+    assert result.returncode == 1
+    _no_traceback(result)
+    message = _error_paragraph(result.stderr)
+    assert "Non-finite weights after iteration 1: backbone.body.conv1.weight" in message
+    assert "none had been written yet" in message
+    assert not list(tmp_path.glob("outputs/**/*.pth"))
+
+
+@pytest.mark.parametrize("sweep,reason", [
+    (["log_every=1,2"], "log_every=1,2 (left out of run-dir names)"),
+    (["name=a,b", "hydra.sweep.dir=SWEEP"], "name=a,b (left out of run-dir names)"),
+    (["seed=0,0"], "seed=0,0 (a value listed twice)"),
+])
+def test_a_sweep_whose_jobs_would_share_a_run_dir_fails_at_launch(sweep, reason, tmp_path, train_env):
+    sweep = [s.replace("SWEEP", str(tmp_path / "sweep")) for s in sweep]
+    result = run_module("date.train", ["-m", *sweep, *SMOKE], env=train_env, cwd=tmp_path)
+    assert result.returncode == 2
+    _no_traceback(result)
+    message = _error_paragraph(result.stderr)
+    assert "several jobs in one run dir and one MLflow run" in message and reason in message
+    assert "Launching" not in result.stdout + result.stderr
+    assert not list(tmp_path.glob("**/last.pth")) and not (tmp_path / "mlflow.db").exists()
+
+
+def test_sweeping_name_keeps_jobs_apart_through_the_sweep_dir(tmp_path, train_env):
+    # conf/config.yaml's sweep dir is multirun/${name}/...: name is left out of the job dir, yet separates jobs
+    result = run_module("date.train", ["-m", "name=a,b", *SMOKE], env=train_env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    finals = sorted(tmp_path.glob("multirun/*/*/*/model_final.pth"))
+    assert [p.parts[-4] for p in finals] == ["a", "b"]
+    client = MlflowClient(train_env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("date").experiment_id])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_a_second_process_on_a_busy_run_dir_fails_fast_naming_the_holder(tmp_path, train_env):
+    run_dir = tmp_path / "run"
+    args = [*SMOKE, f"hydra.run.dir={run_dir}"]
+    # the lock held by another process, as a training holds it (date/runtime/run_dir_lock.py)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from date.runtime.run_dir_lock import run_dir_lock\n"
+                               "with run_dir_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)",
+                               str(run_dir)], env=train_env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run_module("date.train", args, env=train_env, cwd=tmp_path)
+        assert result.returncode == 2
+        _no_traceback(result)
+        message = _error_paragraph(result.stderr)
+        assert f"The run dir {run_dir} is in use by another training process (pid {holder.pid} on " in message
+        assert "name=<new name>" in message and not (run_dir / ckpt.LAST).exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    result = run_module("date.train", args, env=train_env, cwd=tmp_path)  # the lock died with its holder
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ckpt.load(run_dir / ckpt.LAST)["finished"]
+
+
+def test_sigterm_finishes_the_iteration_writes_last_pth_and_resumes_exactly(tmp_path, train_env):
+    reference = run_module("date.train", [*LONG, f"hydra.run.dir={tmp_path / 'reference'}"], env=train_env,
+                           cwd=tmp_path, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    run_dir = tmp_path / "stopped"
+    args = [*LONG, f"hydra.run.dir={run_dir}"]
+    log = run_dir / "train.log"
+    with open(tmp_path / "first.out", "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "date.train", *args], cwd=tmp_path, env=train_env,
+                                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(lambda: log.exists() and "iter: 3/" in log.read_text(), proc, what="iteration 3")
+            with pytest.raises(RunDirBusyError, match=f"pid {proc.pid} on "):  # a training holds its run dir
+                with run_dir_lock(run_dir):
+                    pass
+            os.kill(proc.pid, signal.SIGTERM)
+            assert proc.wait(timeout=300) == 128 + signal.SIGTERM
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    output = (tmp_path / "first.out").read_text()
+    saved = ckpt.load(run_dir / ckpt.LAST)
+    assert 3 <= saved["global_iter"] < TOTAL_ITERS and not saved["finished"]
+    assert f"Checkpoint written: {run_dir / ckpt.LAST} at epoch" in output
+    assert "Stopped by SIGTERM; last.pth is written. Resume with: python -m date.train " + " ".join(args) in output
+    assert not (run_dir / ckpt.FINAL).exists()
+    client = MlflowClient(train_env["MLFLOW_TRACKING_URI"])
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    resumed = run_module("date.train", args, env=train_env, cwd=tmp_path, timeout=600)  # the lock died with it
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from {run_dir / ckpt.LAST} at epoch" in resumed.stdout
+    final = ckpt.load(run_dir / ckpt.FINAL)
+    reference_final = ckpt.load(tmp_path / "reference" / ckpt.FINAL)
+    assert final["metrics"] == reference_final["metrics"] and "val/AP" in final["metrics"]
+    assert all(torch.equal(final["model"][k], v) for k, v in reference_final["model"].items())
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, TOTAL_ITERS + 1))  # each iteration once
+
+
+def test_ctrl_c_finishes_the_iteration_writes_last_pth_and_resumes(tmp_path, train_env):
+    run_dir = tmp_path / "run"
+    args = [*LONG, f"hydra.run.dir={run_dir}"]
+    log = run_dir / "train.log"
+    with open(tmp_path / "first.out", "w") as out:
+        # its own process group, as a terminal's foreground job: Ctrl-C reaches the trainer and its workers
+        proc = subprocess.Popen([sys.executable, "-m", "date.train", *args], cwd=tmp_path, env=train_env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_for(lambda: log.exists() and "iter: 5/" in log.read_text(), proc, what="iteration 5")
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(timeout=300) == 128 + signal.SIGINT
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    output = (tmp_path / "first.out").read_text()
+    assert "Received SIGINT: stopping after this iteration" in output and "Traceback" not in output
+    assert "Stopped by SIGINT; last.pth is written. Resume with: python -m date.train" in output
+    assert 5 <= ckpt.load(run_dir / ckpt.LAST)["global_iter"] < TOTAL_ITERS
+    resumed = run_module("date.train", args, env=train_env, cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert ckpt.load(run_dir / ckpt.LAST)["finished"]
+
+
+def _coco_json_copy(tmp_path: Path) -> list[str]:
+    """A small synthetic set written out as COCO-json files + PNGs, as dataset=coco_json overrides."""
+    cache = tmp_path / "cache"
+    build_datasets(compose_config(["dataset.num_train=8", "dataset.num_val=4", f"dataset.cache_dir={cache}"]).dataset)
+    [generated] = [p for p in (cache / "synthetic").iterdir() if p.is_dir()]
+    data = tmp_path / "coco"
+    shutil.copytree(generated, data)
+    return ["dataset=coco_json", f"dataset.train_ann={data / 'instances_train.json'}",
+            f"dataset.train_images={data}", f"dataset.val_ann={data / 'instances_val.json'}",
+            f"dataset.val_images={data}", "dataset.train_short_sizes=[128]", "dataset.max_size=128",
+            "dataset.test_short_size=128"]
+
+
+def test_a_corrupt_image_in_a_loader_worker_is_the_same_paragraph_as_without_workers(tmp_path, train_env):
+    dataset = _coco_json_copy(tmp_path)
+    train_json = json.loads(Path(dataset[1].split("=", 1)[1]).read_text())
+    corrupt = Path(dataset[2].split("=", 1)[1]) / train_json["images"][0]["file_name"]
+    corrupt.write_bytes(b"not a png")  # width/height are in the JSON: only loading the pixels finds it
+    messages = []
+    for workers in (0, 2):
+        result = run_module("date.train", [*dataset, "schedule=smoke", "batch_size=8", f"num_workers={workers}",
+                                           f"name=w{workers}"], env=train_env, cwd=tmp_path)
+        assert result.returncode == 2
+        _no_traceback(result)
+        messages.append(_error_paragraph(result.stderr))
+    assert messages[0] == messages[1], messages
+    assert messages[0].startswith(f"Error: Cannot read image file {corrupt}: ")
+    assert "DataLoader worker" not in messages[1]
+
+
+def _limit_file_size(limit: int):
+    def preexec():  # the child's file-size limit (ulimit -f); Python ignores SIGXFSZ, so writes fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_fails_the_mlflow_run(tmp_path, train_env):
+    args = [*SMOKE, f"hydra.run.dir={tmp_path / 'run'}"]
+    first = run_module("date.train", args, env=train_env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = tmp_path / "run" / ckpt.LAST
+    before = hashlib.sha256(last.read_bytes()).hexdigest()
+
+    # start over in the same dir with files limited to 20 MB: the logs, the MLflow store and the eval files
+    # fit; last.pth (weights + AdamW state, ~140 MB) does not
+    limit = 20 * 2**20
+    assert last.stat().st_size > limit
+    second = subprocess.run([sys.executable, "-m", "date.train", *args, "resume=false"], cwd=tmp_path, env=train_env,
+                            capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size(limit))
+    assert second.returncode == 1
+    _no_traceback(second)
+    message = _error_paragraph(second.stderr)
+    assert f"Could not write {last}: File too large (" in message and "GiB free on its file system" in message
+    assert "That file is unchanged (the previous one is intact)" in message
+    assert hashlib.sha256(last.read_bytes()).hexdigest() == before
+    assert not list((tmp_path / "run").glob(".*.tmp"))  # no half-written temporary left behind
+    client = MlflowClient(train_env["MLFLOW_TRACKING_URI"])
+    run_id = (tmp_path / "run" / "mlflow_run_id").read_text().strip()
+    assert client.get_run(run_id).info.status == "FAILED"
+
+
+def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "eval_results.json"
+    ckpt.write_atomic(path, '{"AP": 0.5}')
+
+    def half_then_full(f):
+        f.write(b'{"AP": 0.')
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(ckpt.SaveError, match="No space left on device"):
+        ckpt.write_atomic(path, half_then_full)
+    assert path.read_text() == '{"AP": 0.5}' and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_refused_config_leaves_no_outputs_dir(tmp_path, train_env):
+    result = run_module("date.train", ["schedule.epochs=-1"], env=train_env, cwd=tmp_path)
+    assert result.returncode == 2 and "schedule.epochs=-1" in result.stderr
+    assert not (tmp_path / "outputs").exists()
+    kept = tmp_path / "outputs" / "date" / "schedule.epochs--1"  # its run dir
+    kept.mkdir(parents=True)
+    (kept / "last.pth").write_bytes(b"an earlier run's")
+    result = run_module("date.train", ["schedule.epochs=-1"], env=train_env, cwd=tmp_path)
+    assert result.returncode == 2 and (kept / "last.pth").read_bytes() == b"an earlier run's"
