@@ -2,19 +2,20 @@
 
 Colours are the Okabe-Ito palette (distinguishable with the common colour-vision deficiencies) and
 each variant also gets its own marker and line style, so the figure survives grayscale printing.
+Figures are drawn on matplotlib's object API with an Agg canvas: no global backend is chosen, so
+importing this module leaves the caller's (a notebook's, say) as it was.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only; no display on clusters
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from analysis.compare import Report  # noqa: E402
+from analysis.compare import Report
 
 # Okabe & Ito (2008); fixed per assigner so a method keeps its colour across figures.
 OKABE_ITO = {"orange": "#E69F00", "sky_blue": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
@@ -35,9 +36,10 @@ def convergence_figure(report: Report, out_dir: Path, *, stem: str = "convergenc
         if result.label not in styles:
             styles[result.label] = ASSIGNER_STYLE.get(result.variant.assigner) if not _is_extra(result, styles) \
                 else next(extra)
-    with plt.rc_context(RC):
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 0.2, 3.3), squeeze=False,
-                                 constrained_layout=True)
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(3.4 * len(panels) + 0.2, 3.3), layout="constrained")
+        FigureCanvasAgg(fig)  # files only (no display on clusters), without touching pyplot's backend
+        axes = fig.subplots(1, len(panels), squeeze=False)
         for ax, panel in zip(axes[0], panels):
             rows = [r for r in report.results if r.variant.panel == panel]
             for r in rows:
@@ -74,7 +76,6 @@ def convergence_figure(report: Report, out_dir: Path, *, stem: str = "convergenc
         paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
         fig.savefig(paths[0], dpi=200)
         fig.savefig(paths[1])
-        plt.close(fig)
     return paths
 
 

@@ -1,4 +1,9 @@
 """Variants, baselines, speed-up and the 'could not compute' notes, on hand-made run records."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from analysis.compare import build_report
@@ -88,3 +93,28 @@ def test_a_dual_variant_with_an_o2m_switch_is_compared_with_the_one_poto():
                     and "R50" not in r.label)
     assert unshared.versus["AP"].delta == pytest.approx(0.10)
     assert any("R50" in note and "no POTO" in note for note in report.notes)
+
+
+# Draws the figure of two variants in a fresh interpreter and prints the backend, then the files' magic bytes.
+_DRAW = """
+import sys
+from pathlib import Path
+
+import matplotlib
+from analysis.plots import convergence_figure
+from test_analysis_report import record, report_of
+
+records = [record(a, s, {1: 0.1 + s / 50, 2: 0.3, 3: 0.4}) for a in ("o2o", "dual") for s in (0, 1)]
+paths = convergence_figure(report_of(records), Path(sys.argv[1]))
+print(matplotlib.get_backend(), *(p.read_bytes()[:4] for p in paths))
+"""
+
+
+def test_the_figure_module_leaves_the_callers_backend_alone(tmp_path):
+    """A notebook's (here: svg) backend survives importing analysis.plots and drawing with it."""
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "MPLBACKEND": "svg", "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    result = subprocess.run([sys.executable, "-c", _DRAW, str(tmp_path)], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["svg", repr(b"\x89PNG"), repr(b"%PDF")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from PIL import Image
 from date.data.build import DatasetConfig, build_datasets, build_val_dataset
 from date.data.coco import CocoDetection
 from date.data.errors import DatasetError
+
+from conftest import run_module
 
 try:
     from data_fixtures import write_coco, write_image
@@ -191,6 +194,44 @@ def test_missing_image_file_is_found_up_front(tmp_path):
         _dataset(ann_file, image_dir)
 
 
+@pytest.mark.parametrize("escape", ["../outside/secret.png", "sub/../../outside/secret.png", "absolute"])
+def test_image_paths_outside_the_image_folder_are_rejected(tmp_path, escape):
+    secret = write_image(tmp_path / "data" / "outside" / "secret.png")  # exists: only the path check stops it
+    file_name = str(secret) if escape == "absolute" else escape
+    images = [{"id": 1, "file_name": "1.png", "width": 64, "height": 48},
+              {"id": 2, "file_name": file_name, "width": 64, "height": 48}]
+    ann_file, image_dir = write_coco(tmp_path / "data", images=images, write_images=False, annotations=[])
+    write_image(image_dir / "1.png")
+    (image_dir / "sub").mkdir()
+    with pytest.raises(DatasetError, match=rf"1 'file_name'.* outside the image folder .*: "
+                                           rf"{re.escape(repr(file_name))}\. file_names must be relative"):
+        _dataset(ann_file, image_dir, require_annotations=False)
+
+
+def test_symlink_inside_the_image_folder_is_accepted(tmp_path):
+    target = write_image(tmp_path / "elsewhere" / "real.png")
+    images = [{"id": 1, "file_name": "link.png", "width": 64, "height": 48},
+              {"id": 2, "file_name": "./a/../2.png", "width": 64, "height": 48}]
+    ann_file, image_dir = write_coco(tmp_path / "data", images=images, write_images=False, annotations=[])
+    (image_dir / "link.png").symlink_to(target)
+    (image_dir / "a").mkdir()
+    write_image(image_dir / "2.png")
+    ds = _dataset(ann_file, image_dir, require_annotations=False)
+    assert len(ds) == 2 and ds[0][0].shape == (3, 48, 64)
+
+
+def test_ids_of_the_wrong_type_are_shown_as_written(tmp_path):
+    anns = [{"id": 1, "image_id": 1, "category_id": "3", "bbox": [1, 1, 5, 5]}]
+    with pytest.raises(DatasetError, match=r"category_id\(s\) that are not in 'categories' \(3, 7, 11\): '3'\."):
+        _dataset(*write_coco(tmp_path, annotations=anns))
+    anns = [{"id": 1, "image_id": "1", "category_id": 3, "bbox": [1, 1, 5, 5]}]
+    with pytest.raises(DatasetError, match=r"image_id\(s\) that are not in 'images': '1'\."):
+        _dataset(*write_coco(tmp_path, annotations=anns))
+    anns = [{"id": "7", "image_id": 1, "category_id": 3, "bbox": [1, 1, "5"]}]
+    with pytest.raises(DatasetError, match=r"annotation '7' \(image_id 1\) has a malformed 'bbox'"):
+        _dataset(*write_coco(tmp_path, annotations=anns))
+
+
 def test_unreadable_image_names_the_file(tmp_path):
     ann_file, image_dir = write_coco(tmp_path)
     (image_dir / "2.png").write_bytes(b"this is not a png")
@@ -281,6 +322,33 @@ def test_val_dataset_alone_reads_no_training_file(tmp_path):
     assert len(val) == 3 and val.ann_file.name == "val.json"
     with pytest.raises(DatasetError, match="missing.json"):
         build_datasets(cfg)
+
+
+def test_val_dataset_alone_needs_no_training_keys(tmp_path):
+    cfg = _coco_json_cfg(tmp_path)
+    cfg.train_ann = cfg.train_images = None
+    assert len(build_val_dataset(cfg)) == 3
+    with pytest.raises(DatasetError, match=r"dataset=coco_json needs dataset\.train_ann, dataset\.train_images"):
+        build_datasets(cfg)
+
+
+def test_evaluate_with_only_the_val_split_given(tmp_path, train_env):
+    """`python -m date.evaluate dataset=coco_json` takes the val keys alone: no training file exists here."""
+    from date.config import compose_config, resolved_config
+    from date.modeling.build import build_detector
+    from date.runtime import checkpoint as ckpt
+
+    cfg = compose_config(["backbone.fpn_channels=64", "model.num_convs=1"])
+    checkpoint = tmp_path / "model_final.pth"
+    ckpt.save_atomic({"model": build_detector(cfg, num_classes=3).state_dict(), "config": resolved_config(cfg)},
+                     checkpoint)
+    val_ann, val_images = write_coco(tmp_path, name="val")
+    result = run_module("date.evaluate", [f"checkpoint={checkpoint}", "dataset=coco_json", f"dataset.val_ann={val_ann}",
+                                          f"dataset.val_images={val_images}", "dataset.test_short_size=64",
+                                          "dataset.max_size=128", "device=cpu", "num_workers=0",
+                                          f"output={tmp_path / 'eval.json'}"], env=train_env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(json.loads((tmp_path / "eval.json").read_text())) == 12
 
 
 def test_build_categories_must_agree(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from date.data.build import DatasetConfig, build_datasets
+from date.data.build import DatasetConfig, build_datasets, build_val_dataset
 from date.data.errors import DatasetError
 from date.data import synthetic
 from date.data.synthetic import SyntheticParams, describe, ensure_synthetic, render_image
@@ -50,7 +50,7 @@ def test_parameters_key_the_folder():
     assert SyntheticParams().key() == SyntheticParams().key()
 
 
-def test_killed_generation_leaves_no_complete_looking_folder(tmp_path, monkeypatch):
+def test_killed_generation_leaves_no_complete_looking_split(tmp_path, monkeypatch):
     real = synthetic._write_split
 
     def dies_on_val(p, split, root, **kw):
@@ -61,13 +61,32 @@ def test_killed_generation_leaves_no_complete_looking_folder(tmp_path, monkeypat
     monkeypatch.setattr(synthetic, "_write_split", dies_on_val)
     with pytest.raises(KeyboardInterrupt):
         ensure_synthetic(TINY, cache_dir=tmp_path, progress=False)
-    base = tmp_path / "synthetic"
-    assert not (base / TINY.folder_name()).exists() and not list(base.glob("*.tmp-*"))
+    base, root = tmp_path / "synthetic", tmp_path / "synthetic" / TINY.folder_name()
+    # the finished train split is kept; nothing of val is left, so val does not look complete
+    assert sorted(p.name for p in root.iterdir()) == ["instances_train.json", "params.json", "train"]
+    assert not list(base.glob("*.tmp-*"))
     # a temp folder left by a hard kill (no cleanup ran) is removed by the next generation
     (base / f"{TINY.folder_name()}.tmp-stale").mkdir()
     monkeypatch.setattr(synthetic, "_write_split", real)
-    root = ensure_synthetic(TINY, cache_dir=tmp_path, progress=False)
-    assert root.is_dir() and not list(base.glob("*.tmp-*"))
+    assert ensure_synthetic(TINY, cache_dir=tmp_path, progress=False) == root
+    assert (root / "instances_val.json").is_file() and not list(base.glob("*.tmp-*"))
+    assert _digest(root) == _digest(ensure_synthetic(TINY, cache_dir=tmp_path / "whole", progress=False))
+
+
+def test_val_alone_generates_only_the_val_split(tmp_path):
+    cfg = DatasetConfig(cache_dir=str(tmp_path / "a"), num_train=4, num_val=2, image_size=64, max_objects=6,
+                        max_object_size=64, train_short_sizes=[64], max_size=64, test_short_size=64)
+    val = build_val_dataset(cfg)
+    root = val.image_dir
+    assert len(val) == 2 and sorted(p.name for p in root.iterdir()) == ["instances_val.json", "params.json", "val"]
+    before = (root / "instances_val.json").stat()
+    train, _ = build_datasets(cfg)  # training adds the train split to the same folder, val kept as it was
+    assert len(train) == 4 and train.image_dir == root
+    after = (root / "instances_val.json").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # splits generated one at a time are byte-identical to both generated together
+    cfg.cache_dir = str(tmp_path / "b")
+    assert _digest(root) == _digest(build_datasets(cfg)[0].image_dir)
 
 
 def test_cache_dir_from_env_and_config(tmp_path, monkeypatch):

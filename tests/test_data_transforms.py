@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
+from torchvision import tv_tensors
 
 from date.data.build import DatasetConfig, transform_sizes
-from date.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from date.data import transforms
+from date.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomSizeCrop, build_transforms
 
 SYNTH_SIZES = transform_sizes(DatasetConfig())  # the CPU synthetic preset's sizes
 
@@ -126,3 +131,26 @@ def test_same_seed_same_augmentation():
         torch.manual_seed(seed)
         outs.append(tf(image, target))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1]["boxes"], outs[1][1]["boxes"])
+
+
+def test_only_public_torchvision_names_are_imported():
+    """Private torchvision modules (``v2._utils``) change without notice between releases."""
+    tree = ast.parse(Path(transforms.__file__).read_text())
+    names = [f"{n.module}.{a.name}" if isinstance(n, ast.ImportFrom) else a.name
+             for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
+    private = [name for name in names
+               if name.startswith("torchvision") and any(part.startswith("_") for part in name.split("."))]
+    assert names and private == []
+
+
+def test_crop_reads_the_size_the_image_and_boxes_share():
+    image = tv_tensors.Image(torch.zeros(3, 40, 60, dtype=torch.uint8))
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[0.0, 0.0, 60.0, 40.0]]), format="XYXY", canvas_size=(40, 60))
+    torch.manual_seed(0)
+    out_image, out_boxes = RandomSizeCrop(min_size=100, max_size=200)(image, boxes)  # window clipped to the image
+    assert out_image.shape[-2:] == (40, 60) and out_boxes.canvas_size == (40, 60)
+    wrong = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(41, 60))
+    with pytest.raises(ValueError, match="multiple HxW"):
+        RandomSizeCrop(min_size=10, max_size=20)(image, wrong)
+    with pytest.raises(TypeError, match="No image"):
+        RandomSizeCrop(min_size=10, max_size=20)({"name": "no image, no boxes"})

@@ -77,12 +77,15 @@ def _require(cfg: Any, keys: Sequence[str], kind: str) -> None:
         )
 
 
-def dataset_paths(cfg: Any) -> tuple[Path, Path, Path, Path]:
-    """(train_ann, train_images, val_ann, val_images) for ``cfg.kind``; generates the synthetic set."""
+def dataset_paths(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[str, tuple[Path, Path]]:
+    """{split: (annotation file, image folder)} for ``cfg.kind``; generates the synthetic splits asked for.
+
+    Only the keys (and synthetic splits) of ``splits`` are needed: evaluation names the val split alone.
+    """
     kind = cfg.kind
     if kind == "synthetic":
-        root = ensure_synthetic(SyntheticParams.from_config(cfg), cache_dir=cfg.cache_dir)
-        return root / "instances_train.json", root, root / "instances_val.json", root
+        root = ensure_synthetic(SyntheticParams.from_config(cfg), cache_dir=cfg.cache_dir, splits=splits)
+        return {split: (root / f"instances_{split}.json", root) for split in splits}
     if kind == "coco":
         _require(cfg, ["root"], kind)
         root = Path(cfg.root).expanduser()
@@ -92,12 +95,12 @@ def dataset_paths(cfg: Any) -> tuple[Path, Path, Path, Path]:
                 "annotations/instances_{train,val}2017.json, train2017/ and val2017/, or use "
                 "dataset=coco_json with explicit paths for other layouts."
             )
-        return (root / "annotations" / "instances_train2017.json", root / "train2017",
-                root / "annotations" / "instances_val2017.json", root / "val2017")
+        return {split: (root / "annotations" / f"instances_{split}2017.json", root / f"{split}2017")
+                for split in splits}
     if kind == "coco_json":
-        keys = ["train_ann", "train_images", "val_ann", "val_images"]
-        _require(cfg, keys, kind)
-        return tuple(Path(getattr(cfg, k)).expanduser() for k in keys)  # type: ignore[return-value]
+        _require(cfg, [f"{split}_{key}" for split in splits for key in ("ann", "images")], kind)
+        return {split: tuple(Path(getattr(cfg, f"{split}_{key}")).expanduser() for key in ("ann", "images"))
+                for split in splits}  # type: ignore[misc]
     raise DatasetError(f"dataset.kind={kind!r} is not one of {', '.join(k.value for k in DatasetKind)}. Pick a preset: "
                        "dataset=synthetic | synthetic_large | coco | coco_json.")
 
@@ -120,13 +123,12 @@ def transform_sizes(cfg: Any) -> dict[str, Any]:
 
 def _checked_paths(cfg: Any, splits: Sequence[str]) -> dict[str, tuple[Path, Path]]:
     """{split: (annotation file, image folder)} of the ``dataset`` node, every one checked before any is read."""
-    train_ann, train_images, val_ann, val_images = dataset_paths(cfg)
-    paths = {"train": (train_ann, train_images), "val": (val_ann, val_images)}
+    paths = dataset_paths(cfg, splits)
     prefix = "dataset." if cfg.kind == "coco_json" else f"dataset.root={_value(cfg, 'root')} -> "
     for split in splits:
         _check_path(paths[split][0], f"{prefix}{split}_ann", folder=False)
         _check_path(paths[split][1], f"{prefix}{split}_images", folder=True)
-    return {split: paths[split] for split in splits}
+    return paths
 
 
 def _dataset(cfg: Any, paths: tuple[Path, Path], *, train: bool, augmentation: str = "1x") -> CocoDetection:
@@ -136,7 +138,8 @@ def _dataset(cfg: Any, paths: tuple[Path, Path], *, train: bool, augmentation: s
 
 
 def build_val_dataset(cfg: Any) -> CocoDetection:
-    """The validation split of the ``dataset`` node (evaluation alone). Raises DatasetError."""
+    """The validation split of the ``dataset`` node (evaluation alone: the training split is neither
+    generated, read nor needs its keys set). Raises DatasetError."""
     return _dataset(cfg, _checked_paths(cfg, ["val"])["val"], train=False)
 
 

@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 def _examples(values: list, n: int = 5) -> str:
-    shown = ", ".join(str(v) for v in values[:n])
+    """The first ``n`` values, repr'd: a string id "1" shows as '1', not as if it were the integer 1."""
+    shown = ", ".join(repr(v) for v in values[:n])
     return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
 
 
@@ -106,6 +107,7 @@ def _checked_images(entries: list, ann_file: Path, image_dir: Path) -> list[dict
                                "Image ids must be unique.")
         seen.add(im["id"])
         images.append(dict(im))
+    _check_inside(images, ann_file, image_dir)
     missing = [im["file_name"] for im in images if not os.path.isfile(image_dir / im["file_name"])]
     if missing:
         raise DatasetError(f"{len(missing)} image file(s) listed in {ann_file} are missing under {image_dir}: "
@@ -115,6 +117,21 @@ def _checked_images(entries: list, ann_file: Path, image_dir: Path) -> list[dict
         if not (_is_number(im.get("width")) and _is_number(im.get("height")) and im["width"] > 0 and im["height"] > 0):
             im["width"], im["height"] = _image_size(image_dir / im["file_name"])
     return images
+
+
+def _leaves_folder(file_name: str) -> bool:
+    """Lexically outside its folder (absolute, or ``..`` after normalising); symlinks inside are the user's choice."""
+    return os.path.isabs(file_name) or Path(os.path.normpath(file_name)).parts[:1] == ("..",)
+
+
+def _check_inside(images: list[dict], ann_file: Path, image_dir: Path) -> None:
+    """Every file_name stays under ``image_dir``, so that no split reads (and trains on) files from elsewhere."""
+    outside = [im["file_name"] for im in images if _leaves_folder(im["file_name"])]
+    if outside:
+        raise DatasetError(f"Annotation file {ann_file}: {len(outside)} 'file_name'(s) in 'images' point outside the "
+                           f"image folder {image_dir}: {_examples(outside, 3)}. "
+                           "file_names must be relative paths inside the folder (no absolute path, no '..'): rewrite "
+                           "them relative to it, or point dataset.root / dataset.*_images at a folder that holds them.")
 
 
 def _checked_category_ids(entries: list, ann_file: Path) -> set[int]:
@@ -152,8 +169,8 @@ def _clean_boxes(anns: list, sizes: dict, ann_file: Path) -> list[dict]:
             raise DatasetError(f"Annotation file {ann_file}: annotations[{i}] is not an object.")
         box = a.get("bbox")
         if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_number(v) for v in box)):
-            raise DatasetError(f"Annotation file {ann_file}: annotation {a.get('id', f'#{i}')} (image_id "
-                               f"{a['image_id']}) has a malformed 'bbox' {str(box)[:100]}; expected "
+            raise DatasetError(f"Annotation file {ann_file}: annotation {repr(a['id']) if 'id' in a else f'#{i}'} "
+                               f"(image_id {a['image_id']!r}) has a malformed 'bbox' {str(box)[:100]}; expected "
                                "[x, y, width, height] numbers.")
         x, y, w, h = (float(v) for v in box)
         if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:

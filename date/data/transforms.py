@@ -23,13 +23,20 @@ from torchvision.transforms.v2 import functional as F
 
 from date.choice import Choice
 
-try:  # private helper, stable since torchvision 0.16
-    from torchvision.transforms.v2._utils import query_size
-except ImportError:  # pragma: no cover
-    query_size = None
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _sample_size(flat_inputs: list[Any]) -> tuple[int, int]:
+    """(H, W) that the sample's image and boxes share, as v2's own transforms query it (v2.query_size is public
+    only from torchvision 0.20 on; F.get_size is public in every version this suite supports)."""
+    sizes = {tuple(F.get_size(inpt)) for inpt in flat_inputs if isinstance(inpt, (torch.Tensor, Image.Image))}
+    if not sizes:
+        raise TypeError("No image, video, mask, bounding box or keypoints were found in the sample")
+    if len(sizes) > 1:
+        raise ValueError(f"Found multiple HxW dimensions in the sample: {sorted(sizes)}")
+    (height, width), = sizes
+    return height, width
 
 
 class RandomSizeCrop(v2.Transform):
@@ -41,7 +48,7 @@ class RandomSizeCrop(v2.Transform):
         self.min_size, self.max_size = int(min_size), int(max_size)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        height, width = query_size(flat_inputs)
+        height, width = _sample_size(flat_inputs)
         h = int(torch.randint(min(self.min_size, height), min(self.max_size, height) + 1, ()))
         w = int(torch.randint(min(self.min_size, width), min(self.max_size, width) + 1, ()))
         top = int(torch.randint(0, height - h + 1, ()))

@@ -39,7 +39,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cache = args.cache_dir or cfg.cache_dir
         if args.fresh:
             cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="date-synthetic-"))
-        existed = (resolve_cache_dir(cache) / "synthetic" / params.folder_name()).is_dir()
+        folder = resolve_cache_dir(cache) / "synthetic" / params.folder_name()
+        existed = all((folder / f"instances_{split}.json").is_file() for split in ("train", "val"))
         start = time.perf_counter()
         root = ensure_synthetic(params, cache_dir=cache)
         elapsed = time.perf_counter() - start
