@@ -6,6 +6,7 @@ One module-scoped fixture trains once for every test here: a sweep of {o2o, dual
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -43,6 +44,7 @@ def trained(tmp_path_factory, data_cache):
                "checkpoints": sorted(root.glob("sweep/*/model_final.pth")) + sorted(root.glob("outputs/**/model_final.pth"))}
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)  # five runs' checkpoints: ~1 GB the rest of the suite can use
 
 
 def logged_finals(url, sweep_id=None):
