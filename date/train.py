@@ -35,8 +35,8 @@ from date.runtime.distributed import barrier, cleanup, env_info, init_distribute
 from date.runtime.logs import errors_as_messages, job_log_file, log_to_rank_file
 from date.runtime.preemption import checkpoint_on_signal
 from date.runtime.run_dir_lock import run_dir_lock
-from date.runtime.tracking import (GROUP_TAGS, RUN_ID_FILE, RunTracker, check_reachable, git_commit,
-                                   read_or_create_sweep_id, resolve_uri)
+from date.runtime.tracking import (GROUP_TAGS, RUN_ID_FILE, RunTracker, check_reachable, dataset_inputs, git_commit,
+                                   mask_credentials, mlflow_run_name, read_or_create_sweep_id, resolve_uri)
 from date.trainer import FIGURE, FINAL_FLUSH_S, NonFiniteLossError, Trainer
 
 log = logging.getLogger("date.train")
@@ -119,7 +119,7 @@ def _say_where(cfg, tracker: RunTracker | None, run_dir: Path) -> None:
     """The last lines of a run: where its MLflow run, checkpoint and convergence figure are."""
     if tracker is not None:
         log.info("MLflow run %s (experiment %r) in %s; browse with: mlflow ui --backend-store-uri %s", tracker.run_id,
-                 cfg.tracking.experiment, tracker.uri, tracker.uri)
+                 cfg.tracking.experiment, tracker.display_uri, tracker.display_uri)
     log.info("Checkpoint: %s (python -m date.evaluate checkpoint=%s)", run_dir / ckpt.FINAL, run_dir / ckpt.FINAL)
     log.info("Convergence figure: %s", run_dir / FIGURE)
 
@@ -170,9 +170,11 @@ def _start_tracker(cfg, hc, uri: str, run_dir: Path, resume_from: dict | None) -
     elif cfg.resume and (run_dir / RUN_ID_FILE).exists():  # killed before its first checkpoint
         run_id = (run_dir / RUN_ID_FILE).read_text().strip()
     tags = {group: str(hc.runtime.choices.get(group)) for group in GROUP_TAGS}
-    tags.update(seed=str(cfg.seed), sweep_id=_sweep_id(hc), git_commit=git_commit())
-    return RunTracker.start(uri=uri, experiment=cfg.tracking.experiment, run_dir=run_dir, run_name=run_dir.name,
-                            tags=tags, run_id=run_id)
+    tags.update(seed=str(cfg.seed), sweep_id=_sweep_id(hc), git_commit=git_commit(), run_dir=str(run_dir.absolute()))
+    name = mlflow_run_name(hc.runtime.choices, cfg.seed, hc.overrides.task,
+                           exclude=hc.job.config.override_dirname.exclude_keys)
+    return RunTracker.start(uri=uri, experiment=cfg.tracking.experiment, run_dir=run_dir, run_name=name, tags=tags,
+                            run_id=run_id, system_metrics=cfg.tracking.system_metrics)
 
 
 def _report_finished(tracker: RunTracker | None, run_dir: Path, resolved: dict, saved: dict) -> dict[str, float]:
@@ -200,6 +202,8 @@ def _train(cfg, resolved, run_dir, device, dist_info, tracker, resume_from, trai
            preemption=None) -> dict[str, float]:
     if tracker is not None:
         tracker.log_params(flatten(resolved))
+        tracker.log_datasets(dataset_inputs(cfg.dataset, HydraConfig.get().runtime.choices.get("dataset"),
+                                            {"train": train_set.ann_file, "val": val_set.ann_file}))
     seed_everything(cfg.seed + dist_info.rank)
     model = build_detector(cfg, num_classes=train_set.num_classes)
     log.info("Model: ResNet-%d FPN, assigner %s (o2m rule %s), %.2f M trainable parameters", cfg.backbone.depth,
@@ -214,7 +218,7 @@ def _train(cfg, resolved, run_dir, device, dist_info, tracker, resume_from, trai
 def _finish(tracker: RunTracker, run_dir: Path, resolved: dict, status: str = "FINISHED") -> None:
     """Upload the resolved config, the eval results and the job log; close the MLflow run."""
     try:
-        ckpt.write_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(resolved))
+        ckpt.write_atomic(run_dir / "config_resolved.yaml", mask_credentials(OmegaConf.to_yaml(resolved)))
         tracker.log_artifact(run_dir / "config_resolved.yaml")
     except ckpt.SaveError as exc:  # a full disk must not keep the MLflow run from being closed
         log.warning("%s", exc)

@@ -418,7 +418,7 @@ class Trainer:
             tracker = self.tracker
             if tracker is not None and not tracker.flush_until(FINAL_FLUSH_S):
                 log.error("%d metrics could not be sent to MLflow (%s); they are kept in %s. Re-run the same "
-                          "command once the server is back to send them.", tracker.num_pending, tracker.uri,
+                          "command once the server is back to send them.", tracker.num_pending, tracker.display_uri,
                           self.run_dir / ckpt.LAST)
             self.save_last(finished=True)
         barrier()

@@ -1,9 +1,21 @@
-"""The duplicate count of analysis.duplicates on a hand-made image and against a brute-force count."""
+"""The duplicate count of analysis.duplicates on a hand-made image and against a brute-force count, and its
+``--show`` figure on real smoke trainings of FCOS and DATE (counts in the titles recounted by brute force)."""
+import os
 import random
+import re
+import shutil
 
+import pytest
 import torch
+from torchvision.ops import batched_nms
 
+from analysis import duplicates
 from analysis.duplicates import MatchCounts, count_duplicates, variant_of
+from analysis.duplicates_figure import draw_figure
+from conftest import REPO, SMOKE, run_module
+from date.data.build import build_val_dataset
+from date.data.loader import build_eval_loader
+from date.modeling.build import checkpoint_config, detector_from_checkpoint
 
 
 def _t(rows):
@@ -93,3 +105,137 @@ def test_variant_of_a_checkpoint_config():
     assert variant_of({"assigner": {"mode": "dual", "o2m": "topk"}}) == "dual_topk"
     assert variant_of({"assigner": {"mode": "dual", "o2m": "fcos"}}) == "dual"
     assert variant_of({"assigner": {"mode": "o2m", "o2m": "fcos"}}) == "o2m"
+
+
+# ---------------------------------------------------------------- --show: the figure, on real tiny trainings
+
+TRAIN = [*SMOKE, "optim.lr=0.02", "eval_every=2"]  # lr as in test_analysis_cli: boxes that overlap objects
+TITLE = re.compile(r"^(.+): (\d+) dets, (\d+) dup$")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_cache):
+    """An FCOS (o2m) and a DATE (dual) smoke training: {variant: model_final.pth}."""
+    root = tmp_path_factory.mktemp("duplicates")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HYDRA_", "DATE_"))}
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+               DATE_HOME=str(root / "date_home"), DATE_DATA_CACHE=str(data_cache), OMP_NUM_THREADS="1",
+               MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
+    result = run_module("date.train", ["-m", "assigner=o2m,dual", *TRAIN, f"hydra.sweep.dir={root / 'sweep'}"],
+                        env=env, cwd=root, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoints = {variant: sorted((root / "sweep").glob(f"assigner-{variant}_*/model_final.pth"))
+                   for variant in ("o2m", "dual")}
+    assert all(len(paths) == 1 for paths in checkpoints.values()), checkpoints
+    yield {variant: paths[0] for variant, paths in checkpoints.items()}
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _recounted(checkpoint, score_thresh=None):
+    """Per val image (loader order): (dets, dup) of the raw, the NMS'd detections scoring above ``score_thresh``
+    (default: every detection), by the plain-Python greedy matching, from the model run here."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    val_set = build_val_dataset(checkpoint_config(saved).dataset)
+    model = detector_from_checkpoint(saved, num_classes=val_set.num_classes).eval()
+    nms_thresh = saved["config"]["model"]["nms_thresh"]
+    out = []
+    for images, targets in build_eval_loader(val_set, batch_size=8, num_workers=0):
+        with torch.no_grad():
+            raw = model.predict(images, [tuple(t["image_size"]) for t in targets], nms=False)
+        for p, t in zip(raw, targets):
+            after = {k: v[batched_nms(p["boxes"], p["scores"], p["labels"], nms_thresh)] for k, v in p.items()}
+            gts = list(zip(t["boxes"].tolist(), t["labels"].tolist()))
+            counts = []
+            for d in (p, after):
+                dets = [(b, s, l) for b, s, l in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist())
+                        if score_thresh is None or s > score_thresh]
+                counts.append((len(dets), _brute_force(dets, gts)[1]))
+            out.append(counts)
+    return out
+
+
+def _figure(trained, score_thresh=None, count=4):
+    device = torch.device("cpu")
+    val_sets = duplicates.ValSets()
+    fcos, date = (duplicates.load_checkpoint(trained[v], device=device, val_sets=val_sets) for v in ("o2m", "dual"))
+    shown = duplicates.collect_shown(fcos, date, count, device=device, batch_size=8, num_workers=0,
+                                     score_thresh=score_thresh)
+    return draw_figure(shown, caption=duplicates.show_caption(fcos, date, score_thresh))
+
+
+def _titles(fig):
+    """[[(name, dets, dup) per detection panel] per row] and the ground-truth titles, from the axes."""
+    axes = fig.get_axes()
+    rows = [axes[i:i + 4] for i in range(0, len(axes), 4)]
+    return ([[(m.group(1), int(m.group(2)), int(m.group(3))) for m in (TITLE.match(a.get_title()) for a in r[:3])]
+             for r in rows], [r[3].get_title() for r in rows])
+
+
+def test_show_writes_a_png_and_pdf_whose_counts_are_the_rates(trained, tmp_path, capsys, one_thread):
+    out = tmp_path / "dup"
+    rows = duplicates.main(["--checkpoint", str(trained["o2m"]), str(trained["dual"]), "--out", str(out),
+                            "--show", "4"])
+    assert (out / "duplicates_show.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert (out / "duplicates_show.pdf").read_bytes().startswith(b"%PDF")
+    assert f"(FCOS: {trained['o2m']}, DATE: {trained['dual']})" in capsys.readouterr().out
+    fig = _figure(trained)
+    assert len(fig.get_axes()) == 4 * 4
+    titles, gt_titles = _titles(fig)
+    fcos, date = _recounted(trained["o2m"]), _recounted(trained["dual"])
+    for row, f, d, gt in zip(titles, fcos, date, gt_titles):
+        assert [name for name, _, _ in row] == ["FCOS, no NMS", "FCOS, NMS", "DATE, no NMS"]
+        assert [(n, u) for _, n, u in row] == [f[0], f[1], d[0]]
+        assert re.fullmatch(r"ground truth \(image \d+\): \d+ objects", gt)
+    # all 4 val images shown at the rate's own threshold: the panels add up to the rate's detections and duplicates
+    by_variant = {r.variant: r for r in rows}
+    for column, (row, key) in enumerate(((by_variant["o2m"], "raw"), (by_variant["o2m"], "nms"),
+                                         (by_variant["dual"], "raw"))):
+        dets = sum(r[column][1] for r in titles)
+        dups = sum(r[column][2] for r in titles)
+        assert dets == getattr(row, f"detections_{key}")
+        assert dups == round(getattr(row, f"duplicate_rate_{key}") * dets)
+    assert sum(r[0][2] for r in titles) > 0, "FCOS without NMS fires more than once on some object"
+    assert sum(r[0][2] for r in titles) >= sum(r[1][2] for r in titles)  # NMS never adds a duplicate
+
+
+def test_show_score_draws_only_the_detections_above_it(trained, one_thread):
+    scores = sorted(s for image in _recounted_scores(trained["o2m"]) for s in image)
+    thresh = scores[len(scores) // 2]  # half of FCOS's raw detections are drawn
+    fig = _figure(trained, score_thresh=thresh, count=2)
+    assert len(fig.get_axes()) == 4 * 2
+    assert f"Detections scoring > {max(thresh, 0.01):g}" in fig.get_suptitle()
+    titles, _ = _titles(fig)
+    fcos, date = _recounted(trained["o2m"], thresh), _recounted(trained["dual"], thresh)
+    for row, f, d in zip(titles, fcos, date):
+        assert [(n, u) for _, n, u in row] == [f[0], f[1], d[0]]
+    everything = _recounted(trained["o2m"])
+    assert 0 < sum(r[0][1] for r in titles) < sum(f[0][0] for f in everything[:2])
+
+
+def _recounted_scores(checkpoint):
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    val_set = build_val_dataset(checkpoint_config(saved).dataset)
+    model = detector_from_checkpoint(saved, num_classes=val_set.num_classes).eval()
+    images, targets = next(iter(build_eval_loader(val_set, batch_size=2, num_workers=0)))
+    with torch.no_grad():
+        return [p["scores"].tolist() for p in model.predict(images, [tuple(t["image_size"]) for t in targets],
+                                                              nms=False)]
+
+
+def test_show_refuses_a_count_it_cannot_draw(trained, tmp_path, capsys, one_thread):
+    both = ["--checkpoint", str(trained["o2m"]), str(trained["dual"]), "--out", str(tmp_path / "dup")]
+    with pytest.raises(SystemExit) as exit_info:
+        duplicates.main([*both, "--show", "0"])
+    assert exit_info.value.code == 2
+    assert "--show 0: expected the number of validation images to draw, >= 1 (e.g. --show 4)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        duplicates.main([*both, "--show", "5"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"Error: --show 5: the validation split \S+ has 4 images\. Ask for between 1 and 4 images\.\n$",
+                     err), err
+    assert not (tmp_path / "dup" / "duplicates_show.png").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        duplicates.main(["--checkpoint", str(trained["o2m"]), "--out", str(tmp_path / "dup"), "--show", "1"])
+    assert exit_info.value.code == 2
+    assert f"no --checkpoint is a DATE one (their assigners: {trained['o2m']}: o2m)" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
@@ -60,7 +61,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, train_env
     runs = client.search_runs([client.get_experiment_by_name("date").experiment_id])
     by_name = {}
     for run in runs:
-        by_name.setdefault(run.info.run_name, []).append(run)
+        by_name.setdefault(Path(run.data.tags["run_dir"]).name, []).append(run)  # the run name says what ran
     assert sorted(by_name) == ["killed", "reference"] and len(by_name["killed"]) == 1  # one run, continued
     run, ref = by_name["killed"][0], by_name["reference"][0]
     assert run.info.status == "FINISHED"

@@ -1,0 +1,160 @@
+"""`python -m date.predict` as a user runs it, on the checkpoint of a real (smoke) training: COCO results equal to the
+evaluation's detections, one drawn image per input, and bad input as one paragraph."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from pycocotools.coco import COCO
+from torchvision.transforms.v2 import functional as F
+
+from conftest import REPO, SMOKE, run_module
+from date.coco_eval import predict_coco
+from date.data.build import build_val_dataset
+from date.data.loader import build_eval_loader
+from date.modeling.build import checkpoint_config, detector_from_checkpoint
+from date.predict import PredictConfig, run
+from date.runtime import checkpoint as ckpt
+from date.runtime.checkpoint import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, data_cache) -> dict[str, str]:
+    """conftest's train_env for the whole module (that fixture is per test): the training runs once."""
+    root = tmp_path_factory.mktemp("predict")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HYDRA_", "DATE_"))}
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+               DATE_HOME=str(root / "date_home"), DATE_DATA_CACHE=str(data_cache),
+               MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}", OMP_NUM_THREADS="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def trained(env, tmp_path_factory, data_cache):
+    """(model_final.pth of a smoke training, its val split)."""
+    cwd = tmp_path_factory.mktemp("train")
+    result = run_module("date.train", SMOKE, env=env, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [checkpoint] = cwd.glob("outputs/**/model_final.pth")
+    dataset = checkpoint_config(ckpt.load(checkpoint)).dataset
+    dataset.cache_dir = str(data_cache)  # where the training (DATE_DATA_CACHE) put it
+    return checkpoint, build_val_dataset(dataset)
+
+
+def _predict(args: list[str], *, env, cwd):
+    return run_module("date.predict", [*args, "device=cpu"], env=env, cwd=cwd)
+
+
+def _evaluation_results(checkpoint, val_set) -> list[dict]:
+    """date.coco_eval's records for the val split, as date.evaluate computes them."""
+    model = detector_from_checkpoint(ckpt.load(checkpoint), num_classes=val_set.num_classes)
+    results, _ = predict_coco(model=model, loader=build_eval_loader(val_set, batch_size=8, num_workers=0),
+                              label_to_category_id=val_set.label_to_category_id, device=torch.device("cpu"))
+    return results
+
+
+def _pixels(path) -> torch.Tensor:
+    with Image.open(path) as image:
+        return F.pil_to_tensor(image.convert("RGB"))
+
+
+def test_detections_are_the_evaluations_and_every_image_is_drawn(trained, env, tmp_path):
+    checkpoint, val_set = trained
+    folder = val_set.image_dir / "val"
+    result = _predict([f"checkpoint={checkpoint}", f"images={folder}", f"out={tmp_path / 'out'}", "score_thresh=0",
+                       "batch_size=3"], env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    gt = COCO(str(tmp_path / "out" / "images.json"))
+    detections = gt.loadRes(str(tmp_path / "out" / "detections.json"))  # a valid COCO result set for those images
+    val_ids = {str(val_set.image_path(i)): val_set.ids[i] for i in range(len(val_set))}
+    assert sorted(im["file_name"] for im in gt.dataset["images"]) == sorted(val_ids)
+    assert all((im["width"], im["height"]) == (128, 128) for im in gt.dataset["images"])
+    assert gt.dataset["categories"] == [{"id": c, "name": n} for c, n in zip(val_set.label_to_category_id,
+                                                                             val_set.class_names)]
+    to_val = {im["id"]: val_ids[im["file_name"]] for im in gt.dataset["images"]}
+    ours = [{**d, "image_id": to_val[d["image_id"]]} for d in json.loads((tmp_path / "out" / "detections.json")
+                                                                         .read_text())]
+    expected = _evaluation_results(checkpoint, val_set)
+    assert len(expected) == 100 * len(val_set) and len(detections.anns) == len(expected)
+    key = lambda d: (d["image_id"], -d["score"], d["category_id"], d["bbox"])  # noqa: E731
+    ours, expected = sorted(ours, key=key), sorted(expected, key=key)
+    assert [(d["image_id"], d["category_id"]) for d in ours] == [(d["image_id"], d["category_id"]) for d in expected]
+    torch.testing.assert_close(torch.tensor([d["bbox"] for d in ours]), torch.tensor([d["bbox"] for d in expected]),
+                               rtol=0, atol=1e-4)
+    torch.testing.assert_close(torch.tensor([d["score"] for d in ours]), torch.tensor([d["score"] for d in expected]),
+                               rtol=0, atol=1e-6)
+
+    for path in val_ids:
+        name = os.path.basename(path)
+        drawn, original = _pixels(tmp_path / "out" / name), _pixels(path)
+        assert drawn.shape == original.shape and not torch.equal(drawn, original)  # 100 boxes drawn on each
+
+
+def test_unreadable_image_is_named_and_the_others_are_processed(trained, env, tmp_path):
+    checkpoint, val_set = trained
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        shutil.copy(val_set.image_path(i), folder / f"good{i}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("not looked at")
+    result = _predict([f"checkpoint={checkpoint}", f"images={folder}", f"out={tmp_path / 'out'}", "score_thresh=1"],
+                      env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"Cannot read image file {folder / 'broken.png'}" in result.stdout  # the warning (log on stdout)
+    message = result.stderr[result.stderr.index("Error: "):]
+    assert "1 of 3 images could not be read and were skipped: " + str(folder / "broken.png") in message
+    assert "Traceback" not in result.stderr and len(message.strip().splitlines()) == 1
+
+    images = json.loads((tmp_path / "out" / "images.json").read_text())["images"]
+    assert [im["file_name"] for im in images] == [str(folder / "good0.png"), str(folder / "good1.png")]
+    detections = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert {d["image_id"] for d in detections} == {im["id"] for im in images} and len(detections) == 200
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["good0.png", "good1.png"]
+    for i in range(2):  # no detection scores 1: the drawn image is the input
+        assert torch.equal(_pixels(tmp_path / "out" / f"good{i}.png"), _pixels(val_set.image_path(i)))
+
+
+def test_no_image_found_is_one_paragraph_and_exit_code_2(trained, env, tmp_path):
+    checkpoint, _ = trained
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    result = _predict([f"checkpoint={checkpoint}", f"images={empty}", f"out={tmp_path / 'out'}"], env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = result.stderr[result.stderr.index("Error: "):]
+    assert len(message.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert f"No image found in images={empty}" in message and ".jpg, .jpeg, .png" in message, message
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def _other_version(checkpoint, tmp_path):
+    """The checkpoint with a config key this version does not know (as one of a later version would have)."""
+    saved = ckpt.load(checkpoint)
+    saved["config"]["model"]["future_key"] = 1
+    path = tmp_path / "future.pth"
+    ckpt.save_atomic(saved, path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["garbage", "other version"])
+def test_bad_checkpoint_is_refused_before_anything_is_written(case, trained, tmp_path):
+    """In-process (the exit code and message of a CheckpointError are date.runtime.logs.errors_as_messages', shown
+    above for a ConfigError); date.runtime.checkpoint.load passes on torch's multi-line text for garbage."""
+    checkpoint, val_set = trained
+    if case == "garbage":
+        checkpoint = tmp_path / "garbage.pth"
+        checkpoint.write_bytes(b"not a checkpoint")
+        expected = rf"Cannot read checkpoint {checkpoint}: (.|\n)* It is not a DATE checkpoint"
+    else:
+        checkpoint = _other_version(checkpoint, tmp_path)
+        expected = r"config does not fit this version of the suite: .*future_key"
+    cfg = OmegaConf.structured(PredictConfig(checkpoint=str(checkpoint), images=str(val_set.image_dir / "val"),
+                                             out=str(tmp_path / "out"), device="cpu"))
+    with pytest.raises(CheckpointError, match=expected):
+        run(cfg)
+    assert not (tmp_path / "out").exists()
