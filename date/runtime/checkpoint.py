@@ -6,6 +6,7 @@ loads with ``weights_only=True``: no pickled code runs when a checkpoint is open
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -90,7 +91,11 @@ def load(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"Checkpoint {path} does not exist.") from None
     except Exception as exc:  # corrupt file, or a pickle that is not plain data
-        raise CheckpointError(f"Cannot read checkpoint {path}: {type(exc).__name__}: {exc}. "
+        if isinstance(exc, pickle.UnpicklingError):  # torch's text advises weights_only=False: not here
+            reason = "torch.load(weights_only=True) refuses it (not plain tensors, numbers and strings)"
+        else:
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        raise CheckpointError(f"Cannot read checkpoint {path}: {reason.rstrip('.')}. "
                               "It is not a DATE checkpoint or the file is damaged.") from None
 
 
