@@ -7,7 +7,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("date", "analysis")
-ENTRYPOINTS = ("date.train", "date.evaluate", "date.predict", "date.bench", "analysis.convergence", "analysis.duplicates")
+ENTRYPOINTS = ("date.train", "date.evaluate", "date.predict", "date.export", "date.bench",
+               "analysis.convergence", "analysis.duplicates")
 MAX_FUNCTION_LINES = 80
 
 
