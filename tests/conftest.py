@@ -67,17 +67,23 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture
-def train_env(tmp_path, data_cache) -> dict[str, str]:
-    """Environment for a `python -m date.train` subprocess: repo on the path, private MLflow store."""
+def sandbox_env(root: Path, data_cache: Path, *, tracking_uri: str | None = None) -> dict[str, str]:
+    """Environment for `python -m date.*` subprocesses: repo on the path, MLflow store (default: a SQLite file)
+    and DATE_HOME under ``root``, the shared synthetic-data cache."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HYDRA_", "DATE_"))}
     env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-               DATE_HOME=str(tmp_path / "date_home"), DATE_DATA_CACHE=str(data_cache),
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+               DATE_HOME=str(root / "date_home"), DATE_DATA_CACHE=str(data_cache),
+               MLFLOW_TRACKING_URI=tracking_uri or f"sqlite:///{root / 'mlflow.db'}",
                # one intra-op thread: on a small, shared machine OpenMP threads spinning for a busy core
                # made these tiny runs 30x slower; with one thread they take seconds whatever the load
                OMP_NUM_THREADS="1")
     return env
+
+
+@pytest.fixture
+def train_env(tmp_path, data_cache) -> dict[str, str]:
+    """Environment for a `python -m date.train` subprocess of one test (see sandbox_env)."""
+    return sandbox_env(tmp_path, data_cache)
 
 
 def run_module(module: str, args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 300,

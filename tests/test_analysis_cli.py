@@ -4,7 +4,6 @@ One module-scoped fixture trains once for every test here: a sweep of {o2o, dual
 (so Welch p-values exist) and a single o2m run outside the sweep (a one-seed variant).
 """
 import json
-import os
 import re
 import shutil
 
@@ -14,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from scipy import stats as scipy_stats
 
 from analysis import convergence, duplicates
-from conftest import REPO, SMOKE, MlflowServer, run_module
+from conftest import REPO, SMOKE, MlflowServer, run_module, sandbox_env
 
 EXPERIMENT = "analysis_smoke"
 # SMOKE, with a learning rate high enough that 6 iterations give a non-zero, seed-dependent AP
@@ -29,10 +28,7 @@ def trained(tmp_path_factory, data_cache):
     root = tmp_path_factory.mktemp("analysis")
     server = MlflowServer(root / "server")
     server.start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HYDRA_", "DATE_"))}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-               DATE_HOME=str(root / "date_home"), DATE_DATA_CACHE=str(data_cache), OMP_NUM_THREADS="1",
-               MLFLOW_TRACKING_URI=server.url)
+    env = sandbox_env(root, data_cache, tracking_uri=server.url)
     try:
         sweep = run_module("date.train", ["-m", "assigner=o2o,dual", "seed=0,1", *TRAIN,
                                           f"hydra.sweep.dir={root / 'sweep'}"], env=env, cwd=root, timeout=600)

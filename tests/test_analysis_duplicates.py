@@ -1,6 +1,5 @@
 """The duplicate count of analysis.duplicates on a hand-made image and against a brute-force count, and its
 ``--show`` figure on real smoke trainings of FCOS and DATE (counts in the titles recounted by brute force)."""
-import os
 import random
 import re
 import shutil
@@ -12,7 +11,7 @@ from torchvision.ops import batched_nms
 from analysis import duplicates
 from analysis.duplicates import MatchCounts, count_duplicates, variant_of
 from analysis.duplicates_figure import draw_figure
-from conftest import REPO, SMOKE, run_module
+from conftest import SMOKE, run_module, sandbox_env
 from date.data.build import build_val_dataset
 from date.data.loader import build_eval_loader
 from date.modeling.build import checkpoint_config, detector_from_checkpoint
@@ -117,10 +116,7 @@ TITLE = re.compile(r"^(.+): (\d+) dets, (\d+) dup$")
 def trained(tmp_path_factory, data_cache):
     """An FCOS (o2m) and a DATE (dual) smoke training: {variant: model_final.pth}."""
     root = tmp_path_factory.mktemp("duplicates")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HYDRA_", "DATE_"))}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-               DATE_HOME=str(root / "date_home"), DATE_DATA_CACHE=str(data_cache), OMP_NUM_THREADS="1",
-               MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
+    env = sandbox_env(root, data_cache)
     result = run_module("date.train", ["-m", "assigner=o2m,dual", *TRAIN, f"hydra.sweep.dir={root / 'sweep'}"],
                         env=env, cwd=root, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,7 +2,6 @@
 (o2m), exported by ``python -m date.export``, give in onnxruntime the detections ``DATEDetector.predict``
 gives in PyTorch, on the synthetic val images at two image sizes and batch sizes 1 and 2 (one graph: dynamic
 batch, height and width). DATE's graph has no NMS, the baseline's has its NonMaxSuppression."""
-import os
 import shutil
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
-from conftest import REPO, SMOKE, run_module
+from conftest import SMOKE, run_module, sandbox_env
 from date.data.build import build_val_dataset
 from date.data.loader import build_eval_loader
 from date.export import OUTPUT_NAMES, ExportableDetector, nms_keep, nms_keep_onnx
@@ -31,10 +30,7 @@ SIZES = ((128, 128), (200, 256))  # (test_short_size, max_size): 128 px images p
 def exported(tmp_path_factory, data_cache):
     """{mode: (model_final.pth, its .onnx written by `python -m date.export` next to it)}."""
     root = tmp_path_factory.mktemp("export")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HYDRA_", "DATE_"))}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-               DATE_HOME=str(root / "date_home"), DATE_DATA_CACHE=str(data_cache), OMP_NUM_THREADS="1",
-               MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
+    env = sandbox_env(root, data_cache)
     try:
         for mode, threshold in MODES.items():
             train = run_module("date.train", [f"assigner={mode}", threshold, *TRAIN, f"hydra.run.dir={root / mode}"],

@@ -54,6 +54,27 @@ def _wait_for(predicate, proc, timeout=300.0, what="") -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _train_then_signal(args: list[str], run_dir: Path, tmp_path: Path, env: dict, *, iteration: int,
+                       signum: int, whole_group: bool = False, while_training=None) -> str:
+    """Start `python -m date.train <args>`, send ``signum`` once ``iteration`` is logged (to its process group,
+    as a terminal's Ctrl-C, when ``whole_group``); return its output after checking its exit code 128 + signum."""
+    log = run_dir / "train.log"
+    with open(tmp_path / "first.out", "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "date.train", *args], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=whole_group)
+        try:
+            _wait_for(lambda: log.exists() and f"iter: {iteration}/" in log.read_text(), proc,
+                      what=f"iteration {iteration}")
+            if while_training is not None:
+                while_training(proc)
+            os.killpg(proc.pid, signum) if whole_group else os.kill(proc.pid, signum)
+            assert proc.wait(timeout=300) == 128 + signum
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return (tmp_path / "first.out").read_text()
+
+
 @pytest.mark.parametrize("assigner", ["o2o", "dual"])
 def test_diverging_poto_run_stops_with_the_message_not_a_traceback(assigner, tmp_path, train_env):
     # lr 1e8 makes the o2o predictions NaN at the second step: POTO's matching sees them before any loss
@@ -140,21 +161,14 @@ def test_sigterm_finishes_the_iteration_writes_last_pth_and_resumes_exactly(tmp_
 
     run_dir = tmp_path / "stopped"
     args = [*LONG, f"hydra.run.dir={run_dir}"]
-    log = run_dir / "train.log"
-    with open(tmp_path / "first.out", "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "date.train", *args], cwd=tmp_path, env=train_env,
-                                stdout=out, stderr=subprocess.STDOUT)
-        try:
-            _wait_for(lambda: log.exists() and "iter: 3/" in log.read_text(), proc, what="iteration 3")
-            with pytest.raises(RunDirBusyError, match=f"pid {proc.pid} on "):  # a training holds its run dir
-                with run_dir_lock(run_dir):
-                    pass
-            os.kill(proc.pid, signal.SIGTERM)
-            assert proc.wait(timeout=300) == 128 + signal.SIGTERM
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    output = (tmp_path / "first.out").read_text()
+
+    def is_locked(proc):  # a training holds its run dir
+        with pytest.raises(RunDirBusyError, match=f"pid {proc.pid} on "):
+            with run_dir_lock(run_dir):
+                pass
+
+    output = _train_then_signal(args, run_dir, tmp_path, train_env, iteration=3, signum=signal.SIGTERM,
+                                while_training=is_locked)
     saved = ckpt.load(run_dir / ckpt.LAST)
     assert 3 <= saved["global_iter"] < TOTAL_ITERS and not saved["finished"]
     assert f"Checkpoint written: {run_dir / ckpt.LAST} at epoch" in output
@@ -180,19 +194,9 @@ def test_sigterm_finishes_the_iteration_writes_last_pth_and_resumes_exactly(tmp_
 def test_ctrl_c_finishes_the_iteration_writes_last_pth_and_resumes(tmp_path, train_env):
     run_dir = tmp_path / "run"
     args = [*LONG, f"hydra.run.dir={run_dir}"]
-    log = run_dir / "train.log"
-    with open(tmp_path / "first.out", "w") as out:
-        # its own process group, as a terminal's foreground job: Ctrl-C reaches the trainer and its workers
-        proc = subprocess.Popen([sys.executable, "-m", "date.train", *args], cwd=tmp_path, env=train_env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            _wait_for(lambda: log.exists() and "iter: 5/" in log.read_text(), proc, what="iteration 5")
-            os.killpg(proc.pid, signal.SIGINT)
-            assert proc.wait(timeout=300) == 128 + signal.SIGINT
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    output = (tmp_path / "first.out").read_text()
+    # its own process group, as a terminal's foreground job: Ctrl-C reaches the trainer and its loader worker
+    output = _train_then_signal(args, run_dir, tmp_path, train_env, iteration=5, signum=signal.SIGINT,
+                                whole_group=True)
     assert "Received SIGINT: stopping after this iteration" in output and "Traceback" not in output
     assert "Stopped by SIGINT; last.pth is written. Resume with: python -m date.train" in output
     assert 5 <= ckpt.load(run_dir / ckpt.LAST)["global_iter"] < TOTAL_ITERS

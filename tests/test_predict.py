@@ -11,7 +11,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torchvision.transforms.v2 import functional as F
 
-from conftest import REPO, SMOKE, run_module
+from conftest import SMOKE, run_module, sandbox_env
 from date.coco_eval import predict_coco
 from date.data.build import build_val_dataset
 from date.data.loader import build_eval_loader
@@ -25,11 +25,7 @@ from date.runtime.checkpoint import CheckpointError
 def env(tmp_path_factory, data_cache) -> dict[str, str]:
     """conftest's train_env for the whole module (that fixture is per test): the training runs once."""
     root = tmp_path_factory.mktemp("predict")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HYDRA_", "DATE_"))}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-               DATE_HOME=str(root / "date_home"), DATE_DATA_CACHE=str(data_cache),
-               MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}", OMP_NUM_THREADS="1")
-    return env
+    return sandbox_env(root, data_cache)
 
 
 @pytest.fixture(scope="module")
