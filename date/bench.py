@@ -5,16 +5,24 @@
 
 Measures (a) training-step img/s of DATE (dual, R50-FPN) and of torchvision's ``fcos_resnet50_fpn``
 on the same images, batch and dtype; (b) batch-1 and batch-8 inference latency (DATE: o2o branch, no
-NMS; torchvision FCOS: with its NMS); (c) the share of DATE's training step spent in label assignment.
-Both models are randomly initialised; torchvision's internal resize is set to the input size so that
-both see the same pixels.
+NMS; torchvision FCOS: with its NMS; POTO, our detector with ``assigner=o2o``: DATE's inference must
+cost what POTO's costs); (c) the share of DATE's training step spent in label assignment.
+All models are randomly initialised; torchvision's internal resize is set to the input size so that
+all see the same pixels.
+
+The models' repetitions are interleaved (DATE, FCOS, POTO, DATE, ...) so that drift of a shared machine
+(other jobs, clocks, thermals) hits them alike; a ratio is the median of the per-repetition paired ratios,
+printed with its interquartile range, so that two runs can be compared within their spread (the model
+columns are each model's median, so their quotient need not equal the paired ratio).
 """
 import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 
+import numpy as np
 import torch
 from torchvision.models.detection import fcos_resnet50_fpn
 
@@ -49,9 +57,9 @@ def make_batch(batch: int, size: tuple[int, int], device: torch.device, seed: in
 OVERRIDES = ["backbone=resnet50", "assigner=dual", "dataset=coco"]
 
 
-def build_date(device: torch.device):
-    """(detector on ``device``, criterion), from the same config as training."""
-    cfg = compose_config(OVERRIDES)
+def build_date(device: torch.device, assigner: str = "dual"):
+    """(detector on ``device``, criterion), from the same config as training; ``assigner=o2o`` gives POTO."""
+    cfg = compose_config([o for o in OVERRIDES if not o.startswith("assigner=")] + [f"assigner={assigner}"])
     return build_detector(cfg, num_classes=NUM_CLASSES).to(device), build_criterion(cfg)
 
 
@@ -77,6 +85,35 @@ def timed(fn, device, warmup: int, iters: int) -> list[float]:
         sync(device)
         times.append(time.perf_counter() - start)
     return times
+
+
+def timed_interleaved(fns: dict[str, Callable[[], None]], device: torch.device, warmup: int,
+                      iters: int) -> tuple[dict[str, list[float]], list[float]]:
+    """Seconds per call of each of ``fns``, called round-robin (A B C A B C ...) after ``warmup`` rounds, so that
+    a slow spell of a shared machine hits every model of a repetition alike. Also each repetition's seconds."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    repetitions = []
+    for _ in range(iters):
+        rep_start = time.perf_counter()
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device, 0, 1)[0])
+        repetitions.append(time.perf_counter() - rep_start)
+    return times, repetitions
+
+
+def paired_ratio(numerators: list[float], denominators: list[float]) -> dict[str, float]:
+    """Median, quartiles and range of the per-repetition ratios ``numerators[i] / denominators[i]``: pairing
+    cancels what a repetition shares (machine load), the spread says how far two runs may differ."""
+    if not numerators or len(numerators) != len(denominators):
+        raise ValueError(f"paired_ratio needs two equally long, non-empty lists of timings; got {len(numerators)} "
+                         f"and {len(denominators)} (pass the times of one timed_interleaved call)")
+    ratios = np.asarray(numerators, dtype=float) / np.asarray(denominators, dtype=float)
+    q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3),
+            "min": float(ratios.min()), "max": float(ratios.max())}
 
 
 def train_step_fn(model, images, targets, autocast, criterion=None):
@@ -168,34 +205,17 @@ def main(argv=None) -> dict:
 
     torch.manual_seed(0)
     date_model, criterion = build_date(device)
-    models = {"date": date_model, "tv_fcos": build_tv_fcos(device, size)}
+    models = {"date": date_model, "tv_fcos": build_tv_fcos(device, size), "poto": build_date(device, "o2o")[0]}
     if args.channels_last:
         models = {k: m.to(memory_format=torch.channels_last) for k, m in models.items()}
     images, targets = make_batch(batch, size, device)
     results = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if gpu else "cpu",
-               "size": list(size), "batch": batch, "amp_bf16": args.amp, "torch": torch.__version__}
-
-    for name, model in models.items():
-        step = train_step_fn(model, images, targets, autocast, criterion=criterion if name == "date" else None)
-        times = timed(step, device, warmup, iters)
-        results[f"{name}_train_img_per_s"] = batch / statistics.median(times)
-        if name == "date":
-            totals: list[float] = []
-            with assignment_timer(criterion, device, totals):
-                instrumented = timed(step, device, 0, max(1, iters // 2))
-            results["assign_ms_per_step"] = 1e3 * sum(totals) / len(instrumented)
-            results["assign_share"] = sum(totals) / sum(instrumented)
-        for b in (1, 8):
-            latency = timed(infer_fn(model, images[:b] if b <= batch else images[:1].expand(b, -1, -1, -1).contiguous(),
-                                     autocast, is_date=name == "date"), device, warmup, iters)
-            results[f"{name}_infer_ms_b{b}"] = 1e3 * statistics.median(latency)
-        del model
-        if gpu:
-            torch.cuda.empty_cache()
-
-    results["train_speedup"] = results["date_train_img_per_s"] / results["tv_fcos_train_img_per_s"]
-    results["infer_latency_ratio_b1"] = results["date_infer_ms_b1"] / results["tv_fcos_infer_ms_b1"]
-    results["infer_latency_ratio_b8"] = results["date_infer_ms_b8"] / results["tv_fcos_infer_ms_b8"]
+               "size": list(size), "batch": batch, "amp_bf16": args.amp, "torch": torch.__version__,
+               "repetitions": iters, "warmup": warmup, "repetition_s": {}, "ratio_spread": {}}
+    measure_training(results, models, criterion, images, targets, autocast, device, warmup, iters)
+    for b in (1, 8):
+        measure_inference(results, models, images[:b] if b <= batch else images[:1].expand(b, -1, -1, -1).contiguous(),
+                          autocast, device, warmup, iters)
     print_table(results)
     if args.json:
         with open(args.json, "w") as f:
@@ -203,19 +223,65 @@ def main(argv=None) -> dict:
     return results
 
 
+def measure_training(results: dict, models: dict, criterion, images, targets, autocast, device: torch.device,
+                     warmup: int, iters: int):
+    """DATE's and torchvision FCOS's training img/s (interleaved), their paired speedup, and the share of DATE's
+    step spent in label assignment (timed apart: its synchronisation would slow the paired steps)."""
+    steps = {name: train_step_fn(models[name], images, targets, autocast,
+                                 criterion=criterion if name == "date" else None) for name in ("date", "tv_fcos")}
+    times, reps = timed_interleaved(steps, device, warmup, iters)
+    batch = len(images)
+    for name, t in times.items():
+        results[f"{name}_train_img_per_s"] = batch / statistics.median(t)
+    spread = paired_ratio(times["tv_fcos"], times["date"])  # img/s ratio = inverse time ratio
+    results["train_speedup"] = spread["median"]
+    results["ratio_spread"]["train_speedup"] = spread
+    results["repetition_s"]["train"] = reps
+    totals: list[float] = []
+    with assignment_timer(criterion, device, totals):
+        instrumented = timed(steps["date"], device, 0, max(1, iters // 2))
+    results["assign_ms_per_step"] = 1e3 * sum(totals) / len(instrumented)
+    results["assign_share"] = sum(totals) / sum(instrumented)
+
+
+def measure_inference(results: dict, models: dict, images, autocast, device: torch.device, warmup: int, iters: int):
+    """Latency at ``len(images)`` of the three models (interleaved) and DATE's paired ratios to FCOS and to POTO."""
+    b = len(images)
+    fns = {name: infer_fn(model, images, autocast, is_date=name != "tv_fcos") for name, model in models.items()}
+    times, reps = timed_interleaved(fns, device, warmup, iters)
+    for name, t in times.items():
+        results[f"{name}_infer_ms_b{b}"] = 1e3 * statistics.median(t)
+    for key, peer in ((f"infer_latency_ratio_b{b}", "tv_fcos"), (f"infer_vs_poto_ratio_b{b}", "poto")):
+        spread = paired_ratio(times["date"], times[peer])
+        results[key] = spread["median"]
+        results["ratio_spread"][key] = spread
+    results["repetition_s"][f"infer_b{b}"] = reps
+
+
+def format_ratio(spread: dict[str, float]) -> str:
+    """``median [q1-q3]`` of a :func:`paired_ratio`."""
+    return f"{spread['median']:.2f} [{spread['q1']:.2f}-{spread['q3']:.2f}]"
+
+
 def print_table(r: dict):
     h, w = r["size"]
-    print(f"\nDATE (dual, R50-FPN) vs torchvision fcos_resnet50_fpn on {r['device_name']}, "
+    print(f"\nDATE (dual, R50-FPN) vs torchvision fcos_resnet50_fpn and POTO (o2o, R50-FPN) on {r['device_name']}, "
           f"{h}x{w}, batch {r['batch']}, {'bf16' if r['amp_bf16'] else 'fp32'}")
-    rows = [
-        ("train img/s", r["date_train_img_per_s"], r["tv_fcos_train_img_per_s"], r["train_speedup"], "x faster"),
-        ("infer ms, batch 1", r["date_infer_ms_b1"], r["tv_fcos_infer_ms_b1"], r["infer_latency_ratio_b1"], "x latency"),
-        ("infer ms, batch 8", r["date_infer_ms_b8"], r["tv_fcos_infer_ms_b8"], r["infer_latency_ratio_b8"], "x latency"),
-    ]
-    print(f"{'metric':<20}{'DATE':>12}{'tv FCOS':>12}{'ratio':>10}")
-    for name, ours, peer, ratio, unit in rows:
-        print(f"{name:<20}{ours:>12.2f}{peer:>12.2f}{ratio:>10.2f} {unit}")
-    print(f"assignment: {r['assign_ms_per_step']:.1f} ms per step = {100 * r['assign_share']:.1f}% of DATE's training step")
+    spread = r["ratio_spread"]
+    rows = [("train img/s", r["date_train_img_per_s"], r["tv_fcos_train_img_per_s"], None,
+             format_ratio(spread["train_speedup"]) + " x faster", "")]
+    for b in (1, 8):
+        rows.append((f"infer ms, batch {b}", r[f"date_infer_ms_b{b}"], r[f"tv_fcos_infer_ms_b{b}"],
+                     r[f"poto_infer_ms_b{b}"], format_ratio(spread[f"infer_latency_ratio_b{b}"]) + " x latency",
+                     format_ratio(spread[f"infer_vs_poto_ratio_b{b}"]) + " x latency"))
+    print(f"{'metric':<20}{'DATE':>10}{'tv FCOS':>10}{'POTO':>10}   {'DATE/FCOS [IQR]':<28}{'DATE/POTO [IQR]'}")
+    for name, ours, peer, poto, vs_peer, vs_poto in rows:
+        poto_text = "-" if poto is None else f"{poto:.2f}"
+        print(f"{name:<20}{ours:>10.2f}{peer:>10.2f}{poto_text:>10}   {vs_peer:<28}{vs_poto or '-'}")
+    print(f"assignment: {r['assign_ms_per_step']:.1f} ms per step = {100 * r['assign_share']:.1f}% "
+          "of DATE's training step")
+    durations = "; ".join(f"{k} " + ", ".join(f"{s:.2f}" for s in v) for k, v in r["repetition_s"].items())
+    print(f"{r['repetitions']} interleaved repetitions after {r['warmup']} warm-up, seconds each: {durations}")
 
 
 if __name__ == "__main__":
