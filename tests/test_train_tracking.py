@@ -256,3 +256,36 @@ def test_server_outage_during_a_training_run_loses_and_duplicates_no_step(mlflow
     for key in keys:
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
         assert steps == (train_steps if key.startswith("train/") else val_steps), key
+
+
+_RACER = """
+import sys, time
+from pathlib import Path
+from date.runtime.tracking import RunTracker
+uri, root, start, n = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+inputs = {"train": ("synthetic", "/data/train.json", "d1"), "val": ("synthetic", "/data/val.json", "d2")}
+for i in range(n):
+    tracker = RunTracker.start(uri=uri, experiment="e", run_dir=root / str(i), run_name=str(i), tags={})
+    while time.time() < start + 0.4 * i:  # both processes insert the same datasets at the same moment
+        pass
+    tracker.log_datasets({split: (name, src, digest + str(i)) for split, (name, src, digest) in inputs.items()})
+"""
+
+
+def test_jobs_that_start_together_both_log_the_same_dataset(tmp_path):
+    """Two jobs of a sweep log the same dataset into one store at once: MLflow's look-up-then-insert lets the
+    second insert fail (UNIQUE constraint); both runs must end with their inputs."""
+    uri, n = f"sqlite:///{tmp_path / 'mlflow.db'}", 8
+    tracking.ensure_experiment(uri, "e")
+    start = time.time() + 6  # after both have imported MLflow
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, uri, str(tmp_path / name), str(start), str(n)],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name in ("a", "b")]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert len(runs) == 2 * n
+    for run in runs:
+        assert {c: d.digest for c, d in _inputs(run).items()} == {"train": f"d1{run.info.run_name}",
+                                                                  "val": f"d2{run.info.run_name}"}

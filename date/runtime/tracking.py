@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import re
 import subprocess
 import threading
@@ -52,6 +53,7 @@ RUN_NAME_MAX = 250  # MLflow's SQL stores hold run names in a VARCHAR(250)
 SYSTEM_METRICS_INTERVAL_S = 10.0
 # The end of a run waits this long for MLflow's sampling thread, which retries for minutes during an outage.
 SYSTEM_METRICS_STOP_S = 10.0
+DATASET_INSERT_TRIES = 5  # see RunTracker.log_datasets
 _PASSWORD_IN_URL = re.compile(r"(://[^/@:\s]*):[^/@\s]*@")
 
 
@@ -377,7 +379,18 @@ class RunTracker:
                                  ._to_mlflow_entity(),  # as mlflow.log_input converts it
                                  tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)])
                     for split, (name, source, digest) in inputs.items()]
-        self.client.log_inputs(self.run_id, datasets=datasets)
+        # MLflow stores a dataset once per experiment: it looks the dataset up, then inserts it. Two jobs of a
+        # sweep that start together both miss it, and the second insert fails (UNIQUE constraint); a retry
+        # finds the first job's row and links it.
+        for attempt in range(DATASET_INSERT_TRIES):
+            try:
+                self.client.log_inputs(self.run_id, datasets=datasets)
+                return
+            except Exception as exc:  # MlflowException from a SQL store, RestException through a server
+                duplicate = any(s in str(exc).lower() for s in ("unique constraint", "integrityerror"))
+                if not duplicate or attempt + 1 == DATASET_INSERT_TRIES:
+                    raise
+                time.sleep(random.uniform(0.05, 0.5))
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
         """Queue metrics for ``step``; (key, step) pairs already logged are dropped."""

@@ -65,13 +65,21 @@ def _task_rank() -> int:
 
 def _error_line(stderr_log: Path) -> str:
     """The user-facing error of a failed job: its last "Error: ..." line (date.runtime.logs.report_error),
-    else the last line of its error log (the exception of a traceback)."""
+    else the exception line of its last traceback (log lines written after it, e.g. while MLflow's threads
+    stop, are skipped), else the last line of its error log."""
     try:
-        lines = [line.strip() for line in stderr_log.read_text(errors="replace").splitlines() if line.strip()]
+        lines = [line.rstrip() for line in stderr_log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return f"no error log at {stderr_log}"
     errors = [line for line in lines if line.startswith("Error: ")]
-    line = errors[-1] if errors else (lines[-1] if lines else "the error log is empty")
+    tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
+    if errors:
+        line = errors[-1]
+    elif tracebacks:  # the frames are indented; the first line that is not is the exception
+        line = next((line for line in lines[tracebacks[-1] + 1:] if not line[0].isspace()), lines[-1])
+    else:
+        line = lines[-1] if lines else "the error log is empty"
+    line = line.strip()
     return line if len(line) <= 400 else line[:400] + " ..."
 
 
