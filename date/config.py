@@ -35,7 +35,8 @@ LOSS_TERMS = ("o2o/cls", "o2o/l1", "o2o/giou", "o2m/cls", "o2m/iou", "o2m/ctr")
 # All but device/amp are also left out of the run-dir name (conf/config.yaml,
 # hydra.job.config.override_dirname.exclude_keys), so `log_every=1` still finds the same run dir.
 RESUME_SAFE_KEYS = ("name", "resume", "num_workers", "log_every", "eval_every", "checkpoint_every_iters",
-                    "tracking.uri", "tracking.experiment", "tracking.system_metrics", "device", "amp")
+                    "tracking.uri", "tracking.experiment", "tracking.system_metrics", "tracking.log_model", "device",
+                    "amp")
 
 
 class ConfigError(ValueError):
@@ -182,6 +183,8 @@ class TrackingConfig:  # MLflow
     # MLflow's system/* metrics (CPU, memory, disk, network) sampled every 10 s into the run
     # ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides); GPU ones only where pynvml is installed
     system_metrics: bool = True
+    # the final detector logged to the run as an MLflow pyfunc model (~1 s; the checkpoint's size in the store)
+    log_model: bool = True
 
 
 def amp_setting(value: Any) -> str:

@@ -34,7 +34,7 @@ from torchvision.ops import batched_nms
 from date.box_ops import distances_to_boxes
 from date.config import ConfigError
 from date.errors import INPUT_ERRORS
-from date.modeling.build import detector_from_checkpoint
+from date.modeling.build import checkpoint_num_classes, detector_from_checkpoint
 from date.modeling.detector import DATEDetector, _top_per_level, o2o_logits
 from date.runtime import checkpoint as ckpt
 from date.runtime.logs import errors_as_messages
@@ -200,20 +200,10 @@ def run(cfg: DictConfig) -> Path:
                           'pip install -e ".[export]" -c constraints.txt (the export extra, with onnxruntime).')
     checkpoint = Path(cfg.checkpoint).expanduser()
     saved = ckpt.load(checkpoint)
-    detector = detector_from_checkpoint(saved, num_classes=num_classes(saved, checkpoint))
+    detector = detector_from_checkpoint(saved, num_classes=checkpoint_num_classes(saved, checkpoint))
     out = export(detector, Path(cfg.out).expanduser() if cfg.out else checkpoint.with_suffix(".onnx"))
     print(f"Exported the {detector.inference_branch} branch of {checkpoint} to {out}")
     return out
-
-
-def num_classes(saved: dict, checkpoint: Path) -> int:
-    """The class count of a checkpoint's classifiers (the export needs no dataset to know it)."""
-    classes = {int(v.shape[0]) for k, v in saved.get("model", {}).items() if k.endswith(".cls.weight")}
-    if len(classes) != 1:
-        raise ckpt.CheckpointError(f"{checkpoint} holds no detector weights with one class count (classifier "
-                                   f"sizes found: {sorted(classes)}); only checkpoints written by date.train "
-                                   "can be exported.")
-    return classes.pop()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")

@@ -94,7 +94,8 @@ def _run_locked(cfg: DictConfig, hc, run_dir: Path, dist_info) -> dict[str, floa
             _finish(tracker, run_dir, resolved, status="KILLED" if killed else "FAILED")
         raise
     if tracker is not None:
-        _log_model(tracker, run_dir, datasets[1])
+        if cfg.tracking.log_model:
+            _log_model(tracker, run_dir, datasets[1])
         _finish(tracker, run_dir, resolved)
     if dist_info.is_main:
         _say_where(cfg, tracker, run_dir)

@@ -34,7 +34,7 @@ from date.data.loader import build_eval_loader, build_train_loader
 from date.run_figure import write_run_figure
 from date.runtime import checkpoint as ckpt
 from date.runtime.distributed import DistInfo, autocast_dtype, barrier, replica_checksums
-from date.runtime.logs import train_line
+from date.runtime.logs import examples, train_line
 from date.runtime.preemption import CheckpointSignal, StopOnSignal
 from date.runtime.tracking import RunTracker
 
@@ -100,10 +100,6 @@ def non_finite_error(what: str, *, last_checkpoint: Path) -> NonFiniteLossError:
     return NonFiniteLossError(
         f"Non-finite {what}. Training stopped without writing a checkpoint; {last_good}. Try a lower optim.lr, keep "
         "optim.clip_grad_norm set, or amp=false.")
-
-
-def _examples(names: list[str], n: int = 3) -> str:
-    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
 class Trainer:
@@ -394,7 +390,7 @@ class Trainer:
         """Refuse to write weights that overflowed in the last update (finite gradients, a huge lr)."""
         bad = [name for name, t in self.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
         if bad:
-            raise non_finite_error(f"weights after iteration {self.state['global_iter']}: {_examples(bad)}",
+            raise non_finite_error(f"weights after iteration {self.state['global_iter']}: {examples(bad, 3)}",
                                    last_checkpoint=self.run_dir / ckpt.LAST)
 
     def _hand_over(self, bar: tqdm, epoch: int, it: int) -> None:

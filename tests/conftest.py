@@ -21,9 +21,10 @@ import date.config  # noqa: F401  (registers the schemas conf/*.yaml build on, f
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A training run of a few seconds: 8 + 4 synthetic images, 2 epochs x 2 iterations, eval at each epoch.
+# A training run of a few seconds: 8 + 4 synthetic images, 2 epochs x 2 iterations, eval at each epoch; no
+# MLflow model at the end (test_train_tracking.py checks that one is logged).
 SMOKE = ["schedule=smoke", "dataset.num_train=8", "dataset.num_val=4", "batch_size=4", "num_workers=0",
-         "log_every=1", "eval_every=1"]
+         "log_every=1", "eval_every=1", "tracking.log_model=false"]
 
 
 # hydra/launcher=slurm sized for the local test cluster (tests/slurm/start.sh): CPU jobs of one core and

@@ -98,7 +98,7 @@ def test_weights_that_overflow_on_an_epochs_last_step_are_never_saved(tmp_path, 
     assert result.returncode == 1
     _no_traceback(result)
     message = _error_paragraph(result.stderr)
-    assert "Non-finite weights after iteration 1: backbone.body.conv1.weight" in message
+    assert "Non-finite weights after iteration 1: 'backbone.body.conv1.weight'" in message
     assert "none had been written yet" in message
     assert not list(tmp_path.glob("outputs/**/*.pth"))
 

@@ -79,10 +79,12 @@ def test_detections_are_the_evaluations_and_every_image_is_drawn(trained, env, t
     key = lambda d: (d["image_id"], -d["score"], d["category_id"], d["bbox"])  # noqa: E731
     ours, expected = sorted(ours, key=key), sorted(expected, key=key)
     assert [(d["image_id"], d["category_id"]) for d in ours] == [(d["image_id"], d["category_id"]) for d in expected]
+    # both write boxes rounded to 0.01 and scores to 1e-5 (date/coco_eval.py); batches of 3 and of 8 differ in the
+    # last float bits, which now and then round a value to the neighbouring step: one step apart at most
     torch.testing.assert_close(torch.tensor([d["bbox"] for d in ours]), torch.tensor([d["bbox"] for d in expected]),
-                               rtol=0, atol=1e-4)
+                               rtol=0, atol=0.01 + 1e-6)
     torch.testing.assert_close(torch.tensor([d["score"] for d in ours]), torch.tensor([d["score"] for d in expected]),
-                               rtol=0, atol=1e-6)
+                               rtol=0, atol=1e-5 + 1e-8)
 
     for path in val_ids:
         name = os.path.basename(path)

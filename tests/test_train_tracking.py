@@ -159,7 +159,8 @@ def test_training_run_records_name_tags_masked_uri_system_metrics_and_datasets(m
     off = subprocess.Popen([sys.executable, "-m", "date.train", *off_args], cwd=tmp_path, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     uri = mlflow_server.url.replace("://", "://user:s3cret@")
-    done = run_module("date.train", [*SMOKE, "optim.lr=1e-3", f"tracking.uri={uri}"], env=env, cwd=tmp_path)
+    done = run_module("date.train", [*SMOKE, "optim.lr=1e-3", f"tracking.uri={uri}", "tracking.log_model=true"],
+                      env=env, cwd=tmp_path)
     off_output = off.communicate(timeout=300)[0]
     assert done.returncode == 0, done.stderr[-3000:]
     assert off.returncode == 0, off_output[-3000:]
@@ -193,6 +194,10 @@ def test_training_run_records_name_tags_masked_uri_system_metrics_and_datasets(m
     (run_off,) = store.search_runs([store.get_experiment_by_name("date").experiment_id])
     assert run_off.info.status == "FINISHED" and "train/loss" in run_off.data.metrics
     assert not [k for k in run_off.data.metrics if k.startswith("system/")]
+    # the final model: logged to the server's run (its load-back is test_logged_model.py's), not to run_off
+    (model,) = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert model.source_run_id == run.info.run_id and model.name == "model"
+    assert not store.search_logged_models(experiment_ids=[run_off.info.experiment_id])
     assert _inputs(run_off)["train"].digest != inputs["train"].digest  # 12 images, not 8
 
 

@@ -19,15 +19,11 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools.coco import COCO
 
+from date.runtime.logs import examples
+
 from .errors import DatasetError
 
 logger = logging.getLogger(__name__)
-
-
-def _examples(values: list, n: int = 5) -> str:
-    """The first ``n`` values, repr'd: a string id "1" shows as '1', not as if it were the integer 1."""
-    shown = ", ".join(repr(v) for v in values[:n])
-    return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
 
 
 def read_annotation_file(ann_file: Path) -> dict:
@@ -111,7 +107,7 @@ def _checked_images(entries: list, ann_file: Path, image_dir: Path) -> list[dict
     missing = [im["file_name"] for im in images if not os.path.isfile(image_dir / im["file_name"])]
     if missing:
         raise DatasetError(f"{len(missing)} image file(s) listed in {ann_file} are missing under {image_dir}: "
-                           f"{_examples([str(image_dir / m) for m in missing], 3)}. Check the image folder "
+                           f"{examples([str(image_dir / m) for m in missing], 3)}. Check the image folder "
                            "setting (dataset.root / dataset.*_images) or restore the files.")
     for im in images:
         if not (_is_number(im.get("width")) and _is_number(im.get("height")) and im["width"] > 0 and im["height"] > 0):
@@ -129,7 +125,7 @@ def _check_inside(images: list[dict], ann_file: Path, image_dir: Path) -> None:
     outside = [im["file_name"] for im in images if _leaves_folder(im["file_name"])]
     if outside:
         raise DatasetError(f"Annotation file {ann_file}: {len(outside)} 'file_name'(s) in 'images' point outside the "
-                           f"image folder {image_dir}: {_examples(outside, 3)}. "
+                           f"image folder {image_dir}: {examples(outside, 3)}. "
                            "file_names must be relative paths inside the folder (no absolute path, no '..'): rewrite "
                            "them relative to it, or point dataset.root / dataset.*_images at a folder that holds them.")
 
@@ -152,12 +148,12 @@ def _check_references(anns: list, sizes: dict, cat_ids: set[int], ann_file: Path
     bad_image = [a.get("image_id") for a in anns if isinstance(a, dict) and a.get("image_id") not in sizes]
     if bad_image:
         raise DatasetError(f"Annotation file {ann_file}: annotations refer to image_id(s) that are not in "
-                           f"'images': {_examples(bad_image)}. The file is inconsistent (a filtered 'images' "
+                           f"'images': {examples(bad_image)}. The file is inconsistent (a filtered 'images' "
                            "list?): re-export it or remove those annotations.")
     bad_cat = [a.get("category_id") for a in anns if isinstance(a, dict) and a.get("category_id") not in cat_ids]
     if bad_cat:
         raise DatasetError(f"Annotation file {ann_file}: annotations use category_id(s) that are not in "
-                           f"'categories' ({_examples(sorted(cat_ids))}): {_examples(bad_cat)}. Add those "
+                           f"'categories' ({examples(sorted(cat_ids))}): {examples(bad_cat)}. Add those "
                            "categories or remove the annotations.")
 
 

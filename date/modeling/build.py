@@ -60,6 +60,15 @@ def checkpoint_config(saved: dict) -> DictConfig:
                               f"{str(exc).splitlines()[0]}. Evaluate it with the version that wrote it.") from None
 
 
+def checkpoint_num_classes(saved: dict, checkpoint) -> int:
+    """The class count of a checkpoint's classifiers (read from the weights: no dataset needed)."""
+    classes = {int(v.shape[0]) for k, v in saved.get("model", {}).items() if k.endswith(".cls.weight")}
+    if len(classes) != 1:
+        raise CheckpointError(f"{checkpoint} holds no detector weights with one class count (classifier sizes "
+                              f"found: {sorted(classes)}); only checkpoints written by date.train can be used.")
+    return classes.pop()
+
+
 def detector_from_checkpoint(saved: dict, *, num_classes: int) -> DATEDetector:
     """The detector of a checkpoint's config, with the checkpoint's weights."""
     cfg = checkpoint_config(saved)

@@ -45,7 +45,7 @@ import date
 from date.data.build import transform_sizes
 from date.data.loader import collate
 from date.data.transforms import IMAGENET_MEAN, IMAGENET_STD, geometric_transforms
-from date.modeling.build import checkpoint_config, detector_from_checkpoint
+from date.modeling.build import checkpoint_config, checkpoint_num_classes, detector_from_checkpoint
 from date.modeling.detector import DATEDetector
 from date.runtime import checkpoint as ckpt
 from date.runtime.checkpoint import CheckpointError
@@ -82,15 +82,17 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         return detections_frame(predictions, scale=scale, label_to_category_id=self.label_to_category_id)
 
 
-def load_detector(checkpoint: Path, *, label_to_category_id: Sequence[int]) -> tuple[DATEDetector, v2.Transform]:
-    """The checkpoint's detector in eval mode on the CPU and its evaluation resize. Raises CheckpointError."""
-    saved = ckpt.load(checkpoint)
-    classes = {int(v.shape[0]) for k, v in saved.get("model", {}).items() if k.endswith(".cls.weight")}
-    if classes and classes != {len(label_to_category_id)}:
-        raise CheckpointError(f"{checkpoint} predicts {sorted(classes)} classes but label_to_category_id has "
+def load_detector(checkpoint: Path, *, label_to_category_id: Sequence[int],
+                  saved: dict | None = None) -> tuple[DATEDetector, v2.Transform]:
+    """The checkpoint's detector in eval mode on the CPU and its evaluation resize; ``saved``: the checkpoint
+    already loaded (date.predict reads its category ids first). Raises CheckpointError."""
+    saved = ckpt.load(checkpoint) if saved is None else saved
+    classes = checkpoint_num_classes(saved, checkpoint)
+    if classes != len(label_to_category_id):
+        raise CheckpointError(f"{checkpoint} predicts {classes} classes but label_to_category_id has "
                               f"{len(label_to_category_id)} entries ({list(label_to_category_id)}). Pass the "
                               "label_to_category_id of the dataset the checkpoint was trained on.")
-    detector = detector_from_checkpoint(saved, num_classes=len(label_to_category_id)).eval()
+    detector = detector_from_checkpoint(saved, num_classes=classes).eval()
     resize = geometric_transforms(train=False, **transform_sizes(checkpoint_config(saved).dataset))
     return detector, resize
 

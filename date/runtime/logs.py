@@ -11,6 +11,13 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 
+def examples(values: list, n: int = 5) -> str:
+    """The first ``n`` values for an error message, repr'd (a string id "1" shows as '1', not as the integer 1),
+    with the count when there are more."""
+    shown = ", ".join(repr(v) for v in values[:n])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
+
+
 def format_eta(seconds: float) -> str:
     """83.4 -> "0:01:23"."""
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))

@@ -1,9 +1,15 @@
-"""Hydra callback: refuse, at launch, a sweep whose jobs would share a run dir (and so an MLflow run).
+"""Hydra callbacks that check a sweep at launch, before any job starts.
 
-A job's run dir is named by its overrides minus ``hydra.job.config.override_dirname.exclude_keys``
-(conf/config.yaml: the keys that do not change what is trained, so that e.g. ``log_every=1`` still
-finds and resumes the same run). Sweeping over one of those keys, or listing a value twice, gives jobs
-with one name: the second would "resume" the first's finished run, train nothing and exit 0.
+Hydra turns an exception raised in a callback into a warning and launches the sweep anyway
+(hydra/_internal/callbacks.py ``_notify``). :class:`LaunchCheck` is the base of this suite's multirun
+callbacks: a bad input it meets ends the command with the one-paragraph message and exit code 2, and
+nothing is launched.
+
+:class:`DistinctRunDirs` refuses a sweep whose jobs would share a run dir (and so an MLflow run). A job's run
+dir is named by its overrides minus ``hydra.job.config.override_dirname.exclude_keys`` (conf/config.yaml: the
+keys that do not change what is trained, so that e.g. ``log_every=1`` still finds and resumes the same run).
+Sweeping over one of those keys, or listing a value twice, gives jobs with one name: the second would
+"resume" the first's finished run, train nothing and exit 0.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from date.config import ConfigError
 from date.runtime.logs import report_error
 
 
@@ -35,18 +42,33 @@ def collapsing_overrides(overrides: list[str], exclude_keys: list[str], sweep_di
     return problems
 
 
-class DistinctRunDirs(Callback):
-    """Registered in conf/config.yaml (``hydra.callbacks.distinct_run_dirs``). Hydra turns exceptions raised in
-    callbacks into warnings and goes on, so a refused sweep ends here with the message and exit code 2."""
+class LaunchCheck(Callback):
+    """A multirun callback whose input errors (date.errors.INPUT_ERRORS) stop the command: the message, exit
+    code 2, nothing launched. Subclasses implement :meth:`before_launch`."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from date.errors import INPUT_ERRORS  # it imports date.runtime.tracking, whose callback derives from this
+
+        try:
+            self.before_launch(config)
+        except INPUT_ERRORS as exc:
+            report_error(str(exc))
+            raise SystemExit(2) from None
+
+    def before_launch(self, config: DictConfig) -> None:
+        raise NotImplementedError
+
+
+class DistinctRunDirs(LaunchCheck):
+    """Registered in conf/config.yaml (``hydra.callbacks.distinct_run_dirs``)."""
+
+    def before_launch(self, config: DictConfig) -> None:
         sweep_dir = OmegaConf.to_container(config.hydra.sweep, resolve=False)["dir"]
         problems = collapsing_overrides(list(config.hydra.overrides.task),
                                         list(config.hydra.job.config.override_dirname.exclude_keys), str(sweep_dir))
         if problems:
-            report_error(
+            raise ConfigError(
                 f"This sweep would run several jobs in one run dir and one MLflow run: {'; '.join(problems)}. The "
                 "later jobs would find the first one's checkpoint and train nothing. Sweep over keys that change "
-                "what is trained and list each value once, or launch one sweep per value of those keys. Nothing "
-                "was launched.")
-            raise SystemExit(2)
+                "what is trained and list each value once, or launch one sweep per value of those keys. Nothing was "
+                "launched.")

@@ -36,8 +36,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from date.runtime.sweep_guard import LaunchCheck
 
 log = logging.getLogger(__name__)
 
@@ -237,14 +238,15 @@ def read_or_create_sweep_id(sweep_dir: Path) -> str:
     raise TrackingError(f"{path} is empty; delete it and rerun the sweep.")
 
 
-class SweepCallback(Callback):
-    """Hydra callback: before a multirun's jobs start, create the store, the experiment and the sweep id.
+class SweepCallback(LaunchCheck):
+    """Hydra callback: before a multirun's jobs start, create the store, the experiment and the sweep id; an
+    unreachable server stops the sweep there (date.runtime.sweep_guard.LaunchCheck).
 
     Registered in conf/config.yaml (``hydra.callbacks.tracking``). Jobs read the id from
     ``<sweep dir>/sweep_id`` (the sweep dir is shared by all jobs, on SLURM too).
     """
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def before_launch(self, config: DictConfig) -> None:
         uri = resolve_uri(config.tracking.uri)
         ensure_experiment(uri, config.tracking.experiment)
         sweep_id = read_or_create_sweep_id(Path(str(config.hydra.sweep.dir)))
