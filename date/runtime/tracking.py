@@ -382,15 +382,16 @@ class RunTracker:
                                  tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)])
                     for split, (name, source, digest) in inputs.items()]
         # MLflow stores a dataset once per experiment: it looks the dataset up, then inserts it. Two jobs of a
-        # sweep that start together both miss it, and the second insert fails (UNIQUE constraint); a retry
-        # finds the first job's row and links it.
+        # sweep that start together both miss it, and the second insert fails (UNIQUE constraint, or SQLite's
+        # "database is locked" when both upgrade their read to a write); a retry finds the first job's row.
         for attempt in range(DATASET_INSERT_TRIES):
             try:
                 self.client.log_inputs(self.run_id, datasets=datasets)
                 return
             except Exception as exc:  # MlflowException from a SQL store, RestException through a server
-                duplicate = any(s in str(exc).lower() for s in ("unique constraint", "integrityerror"))
-                if not duplicate or attempt + 1 == DATASET_INSERT_TRIES:
+                conflict = any(s in str(exc).lower() for s in ("unique constraint", "integrityerror",
+                                                                  "database is locked"))
+                if not conflict or attempt + 1 == DATASET_INSERT_TRIES:
                     raise
                 time.sleep(random.uniform(0.05, 0.5))
 
