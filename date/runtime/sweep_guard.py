@@ -43,15 +43,15 @@ def collapsing_overrides(overrides: list[str], exclude_keys: list[str], sweep_di
 
 
 class LaunchCheck(Callback):
-    """A multirun callback whose input errors (date.errors.INPUT_ERRORS) stop the command: the message, exit
+    """A multirun callback whose input errors (the types in ``reports``) stop the command: the message, exit
     code 2, nothing launched. Subclasses implement :meth:`before_launch`."""
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from date.errors import INPUT_ERRORS  # it imports date.runtime.tracking, whose callback derives from this
+    reports: tuple[type[Exception], ...] = ()
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             self.before_launch(config)
-        except INPUT_ERRORS as exc:
+        except self.reports as exc:
             report_error(str(exc))
             raise SystemExit(2) from None
 
@@ -61,6 +61,8 @@ class LaunchCheck(Callback):
 
 class DistinctRunDirs(LaunchCheck):
     """Registered in conf/config.yaml (``hydra.callbacks.distinct_run_dirs``)."""
+
+    reports = (ConfigError,)
 
     def before_launch(self, config: DictConfig) -> None:
         sweep_dir = OmegaConf.to_container(config.hydra.sweep, resolve=False)["dir"]

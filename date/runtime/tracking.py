@@ -246,6 +246,8 @@ class SweepCallback(LaunchCheck):
     ``<sweep dir>/sweep_id`` (the sweep dir is shared by all jobs, on SLURM too).
     """
 
+    reports = (TrackingError,)
+
     def before_launch(self, config: DictConfig) -> None:
         uri = resolve_uri(config.tracking.uri)
         ensure_experiment(uri, config.tracking.experiment)
