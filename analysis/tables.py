@@ -145,6 +145,10 @@ def to_json(report: Report) -> dict:
             "label": r.label, "schedule": r.variant.panel, "groups": r.variant.groups, "n": r.n, "seeds": r.seeds,
             "run_ids": [run.run_id for run in r.variant.runs],
             "final": {m: summary(s) for m, s in r.final.items()},
+            # each run's own numbers, so that a later report can pool more seeds with these
+            "runs": [{"run_id": run.run_id, "seed": run.seed, "final": dict(run.final),
+                      "curve": {str(epoch): ap for epoch, ap in sorted(run.curve.items())}}
+                     for run in r.variant.runs],
             "baseline": r.baseline.label if r.baseline else None,
             "versus_baseline": {m: {"delta": c.delta, "p": _json_p(c.p)} for m, c in r.versus.items()},
             "curve": {"epochs": r.curve.epochs.tolist(), "mean": r.curve.mean.tolist(), "n": r.curve.n.tolist()},

@@ -87,6 +87,10 @@ def test_sweep_report_numbers_are_the_logged_metrics(trained, tmp_path):
         cells = " | ".join(f"{100 * np.mean(logged[assigner][m]):.2f} ± {100 * np.std(logged[assigner][m], ddof=1):.2f}"
                            for m in METRICS)
         assert f"| {label} | 2 | 0,1 | {cells} |" in markdown
+        assert [r["seed"] for r in v["runs"]] == ["0", "1"]  # each run's own numbers, for pooling later seeds
+        assert sorted(r["final"]["AP"] for r in v["runs"]) == sorted(logged[assigner]["AP"])
+        assert sorted(tuple(r["curve"].values()) for r in v["runs"]) == \
+            sorted(tuple(c[e] for e in sorted(c)) for c in logged[assigner]["curves"])
         epochs = sorted(logged[assigner]["curves"][0])
         assert v["curve"]["epochs"] == epochs == [1, 2, 3]
         assert v["curve"]["mean"] == pytest.approx([np.mean([c[e] for c in logged[assigner]["curves"]]) for e in epochs])
