@@ -36,7 +36,7 @@ from date.runtime import checkpoint as ckpt
 from date.runtime.distributed import DistInfo, autocast_dtype, barrier, replica_checksums
 from date.runtime.logs import examples, train_line
 from date.runtime.preemption import CheckpointSignal, StopOnSignal
-from date.runtime.tracking import RunTracker
+from date.runtime.tracking import RunTracker, mask_credentials
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,8 @@ class Trainer:
         # fp16 (GPUs without native bf16) needs loss scaling; it skips the steps whose gradients overflow
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.config = resolved_config(cfg)  # stored in every checkpoint
+        if self.config["tracking"]["uri"]:  # checkpoints travel (the MLflow model holds one): no password in them
+            self.config["tracking"]["uri"] = mask_credentials(self.config["tracking"]["uri"])
         if dist_info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.net = self._place_model()

@@ -181,6 +181,12 @@ def test_training_run_records_name_tags_masked_uri_system_metrics_and_datasets(m
     assert not [line for line in (done.stdout + done.stderr).splitlines() if "s3cret" in line]
     [resolved] = tmp_path.glob("outputs/**/config_resolved.yaml")
     assert "user:***@" in resolved.read_text() and "s3cret" not in resolved.read_text()
+    # nor in any file of the run dir: Hydra's .hydra/*.yaml, the checkpoints (the logged model carries one), the log
+    run_files = [p for p in resolved.parent.rglob("*") if p.is_file()]
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml", "last.pth", "model_final.pth"} <= \
+        {str(p.relative_to(resolved.parent)) for p in run_files}
+    assert not [p for p in run_files if b"s3cret" in p.read_bytes()]
+    assert "user:***@" in (resolved.parent / ".hydra" / "overrides.yaml").read_text()
     assert "system/cpu_utilization_percentage" in run.data.metrics
     assert "system/system_memory_usage_megabytes" in run.data.metrics
 
