@@ -94,9 +94,10 @@ def test_two_tasks_train_one_ddp_run_with_identical_weights(tmp_path, train_env)
 
 
 # 2 epochs x 12 iterations of batch 2 on one job that fills the node's two cores (so that a debug job
-# preempts it); the signal comes a few iterations in.
+# preempts it); the signal comes a few iterations in. One loader worker, as the default config has: SLURM
+# signals the job's processes, and the worker must live on until the checkpoint is written.
 PREEMPT = ["schedule=smoke", "schedule.max_iters=null", "dataset.num_train=24", "dataset.num_val=4", "batch_size=2",
-           "num_workers=0", "log_every=1", "eval_every=1"]
+           "num_workers=1", "log_every=1", "eval_every=1"]
 PREEMPT_ITERS = 24
 
 
