@@ -32,11 +32,11 @@ from date.data.transforms import Augmentation
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the config groups (python -m date.train's config_path)
 LOSS_TERMS = ("o2o/cls", "o2o/l1", "o2o/giou", "o2m/cls", "o2m/iou", "o2m/ctr")
 # Keys that may differ when a run resumes (they do not change what is trained, or only how it runs).
-# All but device/amp are also left out of the run-dir name (conf/config.yaml,
+# All but device/amp/channels_last are also left out of the run-dir name (conf/config.yaml,
 # hydra.job.config.override_dirname.exclude_keys), so `log_every=1` still finds the same run dir.
 RESUME_SAFE_KEYS = ("name", "resume", "num_workers", "log_every", "eval_every", "checkpoint_every_iters",
                     "tracking.uri", "tracking.experiment", "tracking.system_metrics", "tracking.log_model", "device",
-                    "amp")
+                    "amp", "channels_last")
 
 
 class ConfigError(ValueError):
@@ -209,6 +209,8 @@ class TrainConfig:
                           "auto, cpu, cuda or cuda:N")  # auto: cuda if available, else cpu
     # bf16 autocast: auto (on with CUDA, off on CPU) | true | false
     amp: str = checked("auto", lambda v: amp_setting(v) in ("auto", "true", "false"), "auto, true or false")
+    # NHWC memory format for the model and the training images (tensor cores prefer it); off until measured
+    channels_last: bool = False
     batch_size: int = at_least(8, 1)  # images per process per step
     num_workers: int = at_least(2, 0)  # data-loading processes per training process (0: the main process)
     # COCO evaluation every N epochs (and always at the end); 2 keeps the CPU main job in its budget, studies set 1

@@ -130,6 +130,7 @@ class Trainer:
         self.amp_dtype = autocast_dtype(amp_setting(cfg.amp), device)  # None: no autocast
         # fp16 (GPUs without native bf16) needs loss scaling; it skips the steps whose gradients overflow
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.config = resolved_config(cfg)  # stored in every checkpoint
         if self.config["tracking"]["uri"]:  # checkpoints travel (the MLflow model holds one): no password in them
             self.config["tracking"]["uri"] = mask_credentials(self.config["tracking"]["uri"])
@@ -161,7 +162,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.model.to(self.device)
+        self.model.to(self.device, memory_format=self.memory_format)
         if self.dist.world_size <= 1:
             return self.model
         return DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -247,7 +248,7 @@ class Trainer:
         processes). Nothing non-finite reaches the weights: the check runs between backward and the update."""
         g = self.state["global_iter"]
         where = f"iteration {g + 1} (epoch {epoch + 1}, iteration {it + 1}/{self.iters_per_epoch} of the epoch)"
-        images = images.to(self.device, non_blocking=True)
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             outputs, locations = self.net(images)
             try:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import two_images
 from date.config import compose_config
 from date import trainer
 from date.data.build import build_datasets
@@ -148,3 +149,24 @@ def test_autocast_dtype_falls_back_to_fp16_without_native_bf16(amp, device, bf16
 
     assert autocast_dtype(amp, torch.device(device), bf16_supported=bf16) == expected
 
+
+
+def test_channels_last_trains_to_the_same_losses_on_a_fixed_batch(setup, tmp_path, one_thread):
+    """channels_last (NHWC) changes the memory layout of the weights and images only: three steps on one fixed
+    batch give the same losses to 1e-5."""
+    cfg, train_set, val_set = setup
+    images, targets = two_images()
+    start = _model(cfg, train_set.num_classes).state_dict()
+    losses = {}
+    for channels_last in (False, True):
+        run_cfg = cfg.copy()
+        run_cfg.channels_last = channels_last
+        model = _model(run_cfg, train_set.num_classes)
+        model.load_state_dict(start)
+        t = trainer.Trainer(run_cfg, model=model, criterion=build_criterion(run_cfg), train_set=train_set,
+                            val_set=val_set, run_dir=tmp_path / str(channels_last), device=torch.device("cpu"))
+        conv = model.backbone.body.conv1.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+        losses[channels_last] = [t._step(images, targets, 0, i)[1] for i in range(3)]
+    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-5, atol=1e-5)
+    assert losses[False][0] != losses[False][2]  # the steps trained
