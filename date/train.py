@@ -70,8 +70,8 @@ def _run_locked(cfg: DictConfig, hc, run_dir: Path, dist_info) -> dict[str, floa
     log_to_rank_file(dist_info.rank)
     resolved = resolved_config(cfg)
     log.info("Run dir: %s", run_dir)
-    if dist_info.is_main and hc.output_subdir is not None:
-        _mask_passwords(run_dir / hc.output_subdir)
+    if dist_info.is_main:
+        _mask_passwords(hc, run_dir)
     if dist_info.world_size > 1:
         log.info("DDP: rank %d of world size %d (local rank %d), %s backend, device %s", dist_info.rank,
                  dist_info.world_size, dist_info.local_rank, torch.distributed.get_backend(), device)
@@ -151,11 +151,15 @@ def _resume_command(hc) -> str:
     return " ".join(["python -m date.train", *(shlex.quote(a) for a in args)])
 
 
-def _mask_passwords(hydra_dir: Path) -> None:
-    """Hydra's own copies of the config and the overrides (<run dir>/.hydra/*.yaml) hold a tracking.uri given with
-    user:password@ in clear text; rewrite them masked, as everything this suite writes is."""
-    for path in sorted(hydra_dir.glob("*.yaml")):
-        text = path.read_text()
+def _mask_passwords(hc, run_dir: Path) -> None:
+    """Hydra's own copies of the config and the overrides (<run dir>/.hydra/*.yaml, a sweep's multirun.yaml) hold a
+    tracking.uri given with user:password@ in clear text; rewrite them masked, as everything this suite writes is.
+    (Jobs of one sweep may do it at once: each write is an atomic replace with the same text.)"""
+    files = sorted((run_dir / hc.output_subdir).glob("*.yaml")) if hc.output_subdir is not None else []
+    if hc.mode == RunMode.MULTIRUN:
+        files.append(Path(hc.sweep.dir) / "multirun.yaml")
+    for path in files:
+        text = path.read_text() if path.exists() else ""
         if (masked := mask_credentials(text)) != text:
             ckpt.write_atomic(path, masked)
 

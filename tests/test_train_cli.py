@@ -36,11 +36,18 @@ def test_unreachable_tracking_server_fails_fast(sweep, tmp_path, train_env):
     assert not list(tmp_path.glob("**/last.pth")) and not list(tmp_path.glob("multirun/**/train.log"))  # no job ran
 
 
-def test_sweep_gives_one_tagged_run_per_job_with_a_shared_sweep_id(tmp_path, train_env):
-    result = run_module("date.train", ["-m", "assigner=o2o,dual", *SMOKE, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                        env=train_env, cwd=tmp_path, timeout=600)
+def test_sweep_gives_one_tagged_run_per_job_with_a_shared_sweep_id(tmp_path, train_env, mlflow_server):
+    """Through a tracking server whose URI carries a password: no file of the sweep holds it in clear text
+    (Hydra's multirun.yaml and .hydra/*.yaml, the checkpoints, the logs)."""
+    uri = mlflow_server.url.replace("://", "://user:s3cret@")
+    result = run_module("date.train", ["-m", "assigner=o2o,dual", *SMOKE, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                                       f"tracking.uri={uri}"], env=train_env, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    client = MlflowClient(train_env["MLFLOW_TRACKING_URI"])
+    sweep_files = [p for p in (tmp_path / "sweep").rglob("*") if p.is_file()]
+    assert "user:***@" in (tmp_path / "sweep" / "multirun.yaml").read_text()
+    assert len([p for p in sweep_files if p.name == "last.pth"]) == 2
+    assert not [p for p in sweep_files if b"s3cret" in p.read_bytes()]
+    client = MlflowClient(mlflow_server.url)
     runs = client.search_runs([client.get_experiment_by_name("date").experiment_id])
     assert sorted(r.data.tags["assigner"] for r in runs) == ["dual", "o2o"]
     sweep_id = (tmp_path / "sweep" / "sweep_id").read_text().strip()
@@ -65,7 +72,7 @@ def test_sweep_gives_one_tagged_run_per_job_with_a_shared_sweep_id(tmp_path, tra
     for job_dir in job_dirs:
         run_id = (job_dir / "mlflow_run_id").read_text().strip()
         last = (job_dir / "train.log").read_text().splitlines()[-3:]
-        assert f"MLflow run {run_id}" in last[0] and train_env["MLFLOW_TRACKING_URI"] in last[0]
+        assert f"MLflow run {run_id}" in last[0] and mlflow_server.url.replace("://", "://user:***@") in last[0]
         assert last[1].endswith(f"Checkpoint: {job_dir / 'model_final.pth'} (python -m date.evaluate "
                                 f"checkpoint={job_dir / 'model_final.pth'})")
         assert last[2].endswith(f"Convergence figure: {job_dir / 'convergence.png'}")
