@@ -25,8 +25,8 @@ import torch
 from date.bench import make_batch, parse_size
 from date.config import compose_config
 from date.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from date.export import export, num_classes
-from date.modeling.build import build_detector, detector_from_checkpoint
+from date.export import export
+from date.modeling.build import build_detector, checkpoint_num_classes, detector_from_checkpoint
 from date.modeling.detector import DATEDetector
 from date.runtime import checkpoint as ckpt
 
@@ -37,7 +37,7 @@ NAMES = {"o2o": "DATE (o2o, no NMS)", "o2m": "FCOS baseline (o2m + NMS)"}
 def detectors(args: argparse.Namespace) -> list[DATEDetector]:
     """The checkpoints' detectors, or randomly initialised DATE and FCOS baseline ones."""
     if args.checkpoint:
-        return [detector_from_checkpoint(saved, num_classes=num_classes(saved, Path(path))).eval()
+        return [detector_from_checkpoint(saved, num_classes=checkpoint_num_classes(saved, Path(path))).eval()
                 for path, saved in ((p, ckpt.load(Path(p))) for p in args.checkpoint)]
     torch.manual_seed(0)
     return [build_detector(compose_config([f"backbone={args.backbone}", f"assigner={mode}", "dataset=coco"]),
