@@ -34,7 +34,7 @@ LOSS_TERMS = ("o2o/cls", "o2o/l1", "o2o/giou", "o2m/cls", "o2m/iou", "o2m/ctr")
 # Keys that may differ when a run resumes (they do not change what is trained, or only how it runs).
 # All but device/amp/channels_last are also left out of the run-dir name (conf/config.yaml,
 # hydra.job.config.override_dirname.exclude_keys), so `log_every=1` still finds the same run dir.
-RESUME_SAFE_KEYS = ("name", "resume", "num_workers", "log_every", "eval_every", "checkpoint_every_iters",
+RESUME_SAFE_KEYS = ("name", "resume", "num_workers", "log_every", "eval_every", "eval_subset", "checkpoint_every_iters",
                     "tracking.uri", "tracking.experiment", "tracking.system_metrics", "tracking.log_model", "device",
                     "amp", "channels_last")
 
@@ -215,6 +215,9 @@ class TrainConfig:
     num_workers: int = at_least(2, 0)  # data-loading processes per training process (0: the main process)
     # COCO evaluation every N epochs (and always at the end); 2 keeps the CPU main job in its budget, studies set 1
     eval_every: int = at_least(2, 1)
+    # Evaluations before the last use only the first N val images (a fixed random sample: the synthetic generator
+    # draws each image independently) to keep a 1,000-image split affordable; the last uses all. null: all, always
+    eval_subset: Optional[int] = checked(250, lambda v: v is None or v >= 1, "null or >= 1")
     eval_o2m_branch: bool = True  # dual: also evaluate the o2m branch (+ NMS) as val/o2m/* (a diagnostic)
     checkpoint_every_iters: int = at_least(0, 0)  # also write last.pth every N iterations (0: at epoch ends only)
     log_every: int = at_least(20, 1)  # log line + MLflow train/* metrics every N iterations (and at the last)

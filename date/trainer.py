@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -155,7 +156,7 @@ class Trainer:
         self.start_time, self.start_iter = time.perf_counter(), self.state["global_iter"]
         self.train_seconds = self.window_seconds = 0.0  # training time only (data included; eval, saving not)
         self.last_tick = time.perf_counter()
-        self.eval_loader = None
+        self.eval_loaders = {}  # images evaluated -> loader
 
     # ------------------------------------------------------------------ set-up
     def _place_model(self) -> nn.Module:
@@ -320,19 +321,20 @@ class Trainer:
         self.state["epoch"], self.state["iter_in_epoch"] = epochs_done, 0
         done = self.state["global_iter"] >= self.total_iters
         if epochs_done % self.cfg.eval_every == 0 or done:
-            self.evaluate(epochs_done)
+            self.evaluate(epochs_done, subset=None if done else self.cfg.eval_subset)
         if not done:
             self.save_last()
         self.last_tick = time.perf_counter()
 
     # ------------------------------------------------------------------ evaluation and checkpoints
-    def evaluate(self, epochs_done: int) -> None:
+    def evaluate(self, epochs_done: int, subset: Optional[int] = None) -> None:
         """COCO evaluation of the inference branch (val/*) and, for DATE, of its o2m branch with NMS
-        (val/o2m/*, when eval_o2m_branch), both from one forward per batch: rank 0 scores, records and logs."""
+        (val/o2m/*, when eval_o2m_branch), both from one forward per batch: rank 0 scores, records and logs.
+        ``subset``: only the first that many val images (None: all)."""
         branches = [None]
         if self.cfg.eval_o2m_branch and self.model.inference_branch != "o2m" and "o2m" in self.model.head.branches:
             branches.append("o2m")
-        per_branch, image_ids = self._predict_val(branches)
+        per_branch, image_ids = self._predict_val(branches, subset)
         if not self.dist.is_main:
             return
         results = per_branch[0]
@@ -343,27 +345,29 @@ class Trainer:
             val.update({f"val/o2m/{k}": v for k, v in o2m_stats.items()})
             log.info("The o2m branch with NMS (a diagnostic) after epoch %d: AP %.4f  AP50 %.4f", epochs_done,
                      o2m_stats["AP"], o2m_stats["AP50"])
-        self.state["eval_history"].append({"epoch": epochs_done, **val})
+        self.state["eval_history"].append({"epoch": epochs_done, "images": len(set(image_ids)), **val})
         self.state["metrics"].update(val)
         ckpt.write_atomic(self.run_dir / "eval_results.json", json.dumps(self.state["eval_history"], indent=1))
         ckpt.write_atomic(self.run_dir / "detections_val.json", json.dumps(results))
         if self.tracker is not None:
             self.tracker.log_metrics(val, step=epochs_done)
             self.tracker.flush(force=True)
-        log.info("Evaluation after epoch %d: AP %.4f  AP50 %.4f  AP75 %.4f", epochs_done, stats["AP"],
-                 stats["AP50"], stats["AP75"])
+        log.info("Evaluation after epoch %d (%d val images): AP %.4f  AP50 %.4f  AP75 %.4f", epochs_done,
+                 len(set(image_ids)), stats["AP"], stats["AP50"], stats["AP75"])
 
-    def _predict_val(self, branches: list[str | None]) -> tuple[list[list[dict]], list[int]]:
-        """Every process predicts its shard of the val split; all of it, gathered, on rank 0 (the records
-        of each of ``branches``, the image ids)."""
+    def _predict_val(self, branches: list[str | None], subset: Optional[int]) -> tuple[list[list[dict]], list[int]]:
+        """Every process predicts its shard of the val split (or of its first ``subset`` images); all of it,
+        gathered, on rank 0 (the records of each of ``branches``, the image ids)."""
+        size = len(self.val_set) if subset is None else min(subset, len(self.val_set))
         # Workers do not persist between evaluations: the training loader's workers, forked in between, would
         # inherit a live eval iterator and fail to shut its workers down when they exit.
-        if self.eval_loader is None:
-            self.eval_loader = build_eval_loader(self.val_set, batch_size=self.cfg.batch_size,
-                                                 num_workers=self.cfg.num_workers, rank=self.dist.rank,
-                                                 world_size=self.dist.world_size)
+        if size not in self.eval_loaders:
+            images = self.val_set if size == len(self.val_set) else Subset(self.val_set, range(size))
+            self.eval_loaders[size] = build_eval_loader(images, batch_size=self.cfg.batch_size,
+                                                        num_workers=self.cfg.num_workers, rank=self.dist.rank,
+                                                        world_size=self.dist.world_size)
         per_branch, image_ids = predict_coco_branches(
-            model=self.model, loader=self.eval_loader, device=self.device, amp_dtype=self.amp_dtype,
+            model=self.model, loader=self.eval_loaders[size], device=self.device, amp_dtype=self.amp_dtype,
             label_to_category_id=self.val_set.label_to_category_id, branches=branches)
         if self.dist.world_size > 1:
             shards = [None] * self.dist.world_size

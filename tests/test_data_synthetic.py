@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -171,3 +172,20 @@ def test_build_datasets_synthetic(tmp_path):
     assert train.label_to_category_id == [1, 2, 3] and val.coco.getImgIds() == [1, 2]
     image, target = val[0]
     assert image.shape == (3, 64, 64) and target["image_size"] == (64, 64)
+
+
+# SHA-256 of the default training split (instances_train.json, then each image's name and decoded RGB pixels),
+# computed at 5ca2b06, when the default val split had 96 images. Pixels rather than PNG bytes: the encoder's
+# zlib may differ between machines, the pixels may not.
+DEFAULT_TRAIN_SPLIT_SHA256 = "eebb7bd641d6b2c357b90460c6f17ce876e130507f64996e837ec82b92d66261"
+
+
+def test_default_training_split_is_unchanged_by_the_larger_val_split(tmp_path):
+    params = SyntheticParams()
+    assert params.num_val >= 1000 and params.num_train == 224
+    root = ensure_synthetic(params, cache_dir=tmp_path, progress=False, splits=["train"])
+    digest = hashlib.sha256((root / "instances_train.json").read_bytes())
+    for image in sorted((root / "train").iterdir()):
+        digest.update(image.name.encode())
+        digest.update(np.asarray(Image.open(image)).tobytes())
+    assert digest.hexdigest() == DEFAULT_TRAIN_SPLIT_SHA256

@@ -136,6 +136,18 @@ def test_dual_evaluates_its_o2m_branch_as_a_diagnostic(setup, tmp_path, one_thre
     assert alone["val/AP"] == both["val/AP"] and alone["train/loss"] == both["train/loss"]  # a diagnostic only
 
 
+def test_eval_subset_scores_the_first_images_before_the_last_evaluation(setup, tmp_path, one_thread):
+    """eval_subset=2 of 4 val images: epoch 1 is scored on images 1-2, the last evaluation on all 4; training and
+    the final metrics are those of a run that evaluates everything."""
+    part = _train(setup, tmp_path / "part", eval_subset=2)
+    full = _train(setup, tmp_path / "full", eval_subset=None)
+    part_history = json.loads((tmp_path / "part" / "eval_results.json").read_text())
+    full_history = json.loads((tmp_path / "full" / "eval_results.json").read_text())
+    assert [h["images"] for h in part_history] == [2, 4] and [h["images"] for h in full_history] == [4, 4]
+    assert part == full
+    assert part_history[-1] == full_history[-1]
+
+
 @pytest.mark.parametrize("amp,device,bf16,expected", [
     ("auto", "cpu", None, None),  # CPU autocast is slow and changes CPU numbers: off unless asked for
     ("true", "cpu", None, torch.bfloat16),

@@ -4,6 +4,7 @@ per-branch predictors (the only unshared layers) and the optional 3D max-filter 
 Legend: B = images, L = FPN levels, N = locations over all levels (sum of H_l * W_l), C = classes,
 D = channels.
 """
+import hashlib
 import math
 
 import torch
@@ -53,6 +54,12 @@ class MaxFiltering3D(nn.Module):
         return outputs
 
 
+def _generator(seed: int, name: str) -> torch.Generator:
+    """A CPU generator seeded from (seed, a parameter's module name)."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
 def _flatten(maps: list[Tensor]) -> Tensor:
     """[B, K, H_l, W_l] per level -> [B, N, K], level-major then row-major (matching the locations)."""
     return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], dim=1)
@@ -83,6 +90,10 @@ class DATEHead(nn.Module):
         super().__init__()
         if not branches or not set(branches) <= set(BRANCHES):
             raise ValueError(f"branches={branches!r}: expected a non-empty subset of {BRANCHES}")
+        # One draw from the global RNG, the same in every assigner mode, seeds the head's init; the layers'
+        # default inits draw different amounts per mode, so the global RNG is set back after them.
+        init_seed = int(torch.randint(0, 2**62, ()))
+        global_rng = torch.get_rng_state()
         self.strides = tuple(strides)
         self.branches = tuple(branches)
         self.o2m_box_coding, self.o2m_detach = str(o2m_box_coding), o2m_detach
@@ -105,10 +116,17 @@ class DATEHead(nn.Module):
             self.predictors["o2m"] = nn.ModuleDict({"cls": conv(num_classes), "box": conv(4), "ctr": conv(1)})
         self.max_filter = MaxFiltering3D(channels=channels) if use_3dmf else None
         self.filter_predictor = conv(1) if use_3dmf else None
+        self._init_weights(init_seed, prior_prob)
+        torch.set_rng_state(global_rng)
 
-        for module in self.modules():
+    def _init_weights(self, init_seed: int, prior_prob: float) -> None:
+        """Normal(0.01) convs, zero biases, the classifiers' prior. Each conv draws from a generator keyed by
+        its name, so a layer that two assigner modes share (towers, the o2o predictors of POTO and DATE, the
+        o2m predictors of FCOS and DATE) starts bit-identical for one seed, whatever other layers exist:
+        the comparison of the modes is then paired by seed."""
+        for name, module in self.named_modules():
             if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, std=0.01)
+                nn.init.normal_(module.weight, std=0.01, generator=_generator(init_seed, name))
                 nn.init.zeros_(module.bias)
         bias = -math.log((1 - prior_prob) / prior_prob)
         for branch in self.predictors.values():
