@@ -86,7 +86,7 @@ class SyntheticParams:
 
     seed: int = 0  # generator seed; distinct from the training seed
     num_train: int = 224  # training images (sized for the 4-minute CPU main job)
-    num_val: int = 1000  # validation images (~4,400 objects: the final AP carries little evaluation noise)
+    num_val: int = 1000  # validation images (~3,300 objects: little evaluation noise, experiments/eval_noise.py)
     image_size: int = 128  # square canvas side in pixels; keep <= 128 on CPU (batches pad to 128)
     num_classes: int = 3  # classes used, 1..8, taken in an order that keeps confusable pairs whole
     min_objects: int = 3  # labelled objects per image drawn from [min_objects, max_objects]
