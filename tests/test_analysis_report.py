@@ -151,6 +151,22 @@ def test_difference_curve_of_the_pairs():
     assert one_pair.speedup_ci is None
 
 
+def test_a_bootstrap_bound_among_resamples_that_never_reach_the_target_reads_never():
+    """One strong DATE seed of four: the mean reaches POTO's final AP only in resamples that draw it twice or
+    more (about 26%), so the lower bound falls among those that never do."""
+    curves = [{1: 0.40, 2: 0.45, 3: 0.50}] + [{1: 0.10, 2: 0.15, 3: 0.20}] * 3
+    records = [record("dual", s, c) for s, c in enumerate(curves)]
+    records += [record("o2o", s, {1: 0.1, 2: 0.2, 3: 0.3 + d}) for s, d in enumerate((0.0, 0.01, -0.01, 0.0))]
+    report = report_of(records)
+    dual = next(r for r in report.results if r.label == "DATE")
+    assert dual.speedup is None and dual.speedup_ci.low is None and dual.speedup_ci.high is not None
+    share = f"{100 * dual.speedup_ci.never / 2000:.1f}%"
+    assert f"| DATE | 27.50 ± 15.00 | 30.00 | 3 | never (≤ 3) | – | [never, {dual.speedup_ci.high:.2f}×] | {share} |" \
+        in to_markdown(report)
+    saved = next(v for v in to_json(report)["variants"] if v["label"] == "DATE")["speedup_ci"]
+    assert saved["low"] == "never" and saved["never"] == dual.speedup_ci.never
+
+
 def test_what_cannot_be_computed_is_said():
     records = [record("o2o", 0, {1: 0.2, 2: 0.4}), record("o2o", 1, {1: 0.2, 2: 0.4}),
                record("dual", 0, {1: 0.1, 2: 0.3}, missing={"APs": "-1 from COCOeval (no ground truth of that size)"}),
