@@ -144,6 +144,10 @@ def _compare_to_baseline(result: VariantResult, by_variant: dict, variants: Sequ
             result.speedup_ci = stats.bootstrap_speedup(
                 [r.curve for r in variant_runs], [r.curve for r in baseline_runs], paired=bool(result.paired),
                 resamples=report.bootstrap, seed=BOOTSTRAP_SEED, confidence=report.confidence)
+            if result.speedup_ci.undefined:  # runs of different lengths: some resamples have no target epoch
+                notes.append(f"{_where(variant)}: in {result.speedup_ci.undefined} of {report.bootstrap} bootstrap "
+                             f"resamples {baseline.label}'s mean curve never reaches its own final mean AP; the "
+                             "speed-up's interval is over the others.")
 
 
 def _differences(result: VariantResult, base: VariantResult, report: Report) -> None:

@@ -13,7 +13,7 @@ from scipy import stats as scipy_stats
 from analysis.compare import build_report
 from analysis.runs import AnalysisError, RunQuery, RunRecord
 from analysis.tables import to_json, to_latex, to_markdown
-from test_analysis_stats import _holm_by_procedure
+from test_analysis_stats import _holm_by_procedure, _speedups_by_loop
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -165,6 +165,26 @@ def test_a_bootstrap_bound_among_resamples_that_never_reach_the_target_reads_nev
         in to_markdown(report)
     saved = next(v for v in to_json(report)["variants"] if v["label"] == "DATE")["speedup_ci"]
     assert saved["low"] == "never" and saved["never"] == dual.speedup_ci.never
+
+
+def test_resamples_where_poto_never_reaches_its_own_final_ap_are_left_out_and_counted():
+    """POTO's runs differ in length: its mean curve's last point is one run's; resamples drawing only the long,
+    weaker run's end below the target have no POTO epoch (runs of equal length always reach their own mean)."""
+    # all three: target 0.40, reached at epoch 3 (0.30 and 0.50); drawing seed 0 twice and seed 1: target 0.367,
+    # epoch 2 at 0.333, epoch 3 at 0.30 (seed 1 alone): never
+    records = [record("o2o", 0, {1: 0.1, 2: 0.4}), record("o2o", 1, {1: 0.1, 2: 0.2, 3: 0.3}),
+               record("o2o", 2, {1: 0.1, 2: 0.35, 3: 0.5})]
+    records += [record("dual", s, {1: 0.2 + s / 100, 2: 0.4, 3: 0.45}) for s in (0, 1, 2)]
+    report = report_of(records)
+    dual = next(r for r in report.results if r.label == "DATE")
+    ci = dual.speedup_ci
+    assert ci is not None and 0 < ci.undefined < 2000
+    idx = np.random.default_rng(0).integers(0, 3, size=(2000, 3))  # the fixed-seed draw of the pairs
+    by_seed = sorted(records, key=lambda r: (r.groups["assigner"], r.seed))
+    variant, baseline = [r.curve for r in by_seed[:3]], [r.curve for r in by_seed[3:]]  # dual, then o2o
+    assert ci.undefined == 2000 - len(_speedups_by_loop(variant, baseline, idx, idx))
+    assert f"DATE [schedule 1x]: in {ci.undefined} of 2000 bootstrap resamples POTO's mean curve never reaches " \
+           "its own final mean AP; the speed-up's interval is over the others." in report.notes
 
 
 def test_what_cannot_be_computed_is_said():
