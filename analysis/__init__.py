@@ -1,2 +1,2 @@
-"""Analysis of DATE experiments: convergence curves and tables from MLflow runs (``analysis.convergence``)
-and the NMS-free evidence from checkpoints (``analysis.duplicates``)."""
+"""Analysis of DATE experiments: convergence curves, effects against POTO paired by seed and tables from MLflow
+runs (``analysis.convergence``) and the NMS-free evidence from checkpoints (``analysis.duplicates``)."""

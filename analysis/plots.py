@@ -30,12 +30,7 @@ RC = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsiz
 
 def convergence_figure(report: Report, out_dir: Path, *, stem: str = "convergence") -> list[Path]:
     """Write ``<stem>.png`` (200 dpi) and ``<stem>.pdf`` (vector); returns their paths."""
-    panels = report.panels
-    styles, extra = {}, iter(EXTRA_STYLES * 4)
-    for result in report.results:  # same label -> same style in every panel
-        if result.label not in styles:
-            styles[result.label] = ASSIGNER_STYLE.get(result.variant.assigner) if not _is_extra(result, styles) \
-                else next(extra)
+    panels, styles = report.panels, variant_styles(report)
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(3.4 * len(panels) + 0.2, 3.3), layout="constrained")
         FigureCanvasAgg(fig)  # files only (no display on clusters), without touching pyplot's backend
@@ -55,28 +50,47 @@ def convergence_figure(report: Report, out_dir: Path, *, stem: str = "convergenc
                 if r.variant.is_baseline and r.target_ap is not None:
                     ax.axhline(100 * r.target_ap, color=styles[r.label][0], linewidth=0.9, linestyle=(0, (1, 2)),
                                label=f"{r.label} final AP")
-            epochs = sorted({int(e) for r in rows for e in r.curve.epochs})
-            if len(epochs) <= 13:
-                ax.set_xticks(epochs)
-            else:
-                ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+            epoch_ticks(ax, {int(e) for r in rows for e in r.curve.epochs})
             ax.set_ylim(bottom=0.0)  # AP >= 0: a t-band reaching below 0 is cut at the axis
             ax.set_xlabel("epoch")
             ax.set_ylabel("val AP (COCO, %)")
             ax.set_title(f"schedule {panel}")
             ax.grid(True, linewidth=0.4, alpha=0.5)
-        # one legend for all panels, below them, so that it never hides a curve
-        handles = {}
-        for ax in axes[0]:
-            for handle, label in zip(*ax.get_legend_handles_labels()):
-                handles.setdefault(label, handle)
-        longest = max((len(label) for label in handles), default=0)  # long variant names: fewer columns
-        fig.legend(handles.values(), handles.keys(), loc="outside lower center", frameon=False,
-                   ncol=max(1, min(len(handles), 3, 90 // max(longest, 1))))
+        shared_legend(fig, axes[0])
         paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
         fig.savefig(paths[0], dpi=200)
         fig.savefig(paths[1])
     return paths
+
+
+def epoch_ticks(ax, epochs) -> None:
+    """Every epoch on the x axis when there are few (a 1x schedule's 12), else about 8 integer ticks."""
+    if len(epochs) <= 13:
+        ax.set_xticks(sorted(epochs))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+
+
+def shared_legend(fig: Figure, axes) -> None:
+    """One legend for all panels, below them, so that it never hides a curve."""
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    longest = max((len(label) for label in handles), default=0)  # long variant names: fewer columns
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", frameon=False,
+               ncol=max(1, min(len(handles), 3, 90 // max(longest, 1))))
+
+
+def variant_styles(report: Report) -> dict[str, tuple[str, str, str]]:
+    """{variant label: (colour, marker, line style)}: the assigner's own, a spare one for a second variant of
+    an assigner; the same label keeps its style in every panel and figure."""
+    styles, extra = {}, iter(EXTRA_STYLES * 4)
+    for result in report.results:
+        if result.label not in styles:
+            styles[result.label] = ASSIGNER_STYLE.get(result.variant.assigner) if not _is_extra(result, styles) \
+                else next(extra)
+    return styles
 
 
 def _is_extra(result, styles: dict) -> bool:

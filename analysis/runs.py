@@ -1,12 +1,14 @@
 """Query MLflow for finished training runs and return them as plain records (no MLflow types leak out).
 
-A run becomes a :class:`RunRecord`: its group tags, its seed, the ``val/AP`` curve (step = completed
-epochs) and the final value of each COCO metric. Runs that cannot be used (still RUNNING, FAILED,
-KILLED, or without any ``val/AP``) are returned separately with the reason, so the report can list them.
+A run becomes a :class:`RunRecord`: its group tags, its seed, every logged param, the ``val/AP`` curve
+(step = completed epochs) and the final value of each COCO metric. Runs that cannot be used (still
+RUNNING, FAILED, KILLED, or without any ``val/AP``) are returned separately with the reason, so the
+report can list them. :func:`store_uri` reads ``--tracking-uri``: a plain path to a file is a SQLite store.
 """
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -29,7 +31,8 @@ class AnalysisError(RuntimeError):
 class RunRecord:
     """One finished run, as plain Python values.
 
-    ``groups`` maps each grouping key (a tag name, or ``params.<key>``) to its value ("" when absent);
+    ``groups`` maps each grouping key (a tag name, or ``params.<key>`` of --group-param) to its value ("" when
+    absent); ``params`` holds every param the run logged (date.train logs its whole resolved config);
     ``curve`` maps completed epochs to val/AP; ``final`` maps metric names (AP, AP50, ...) to the value
     at the run's last evaluation; ``missing`` maps the final metrics it lacks to why (not logged at
     that evaluation, or COCOeval's -1: the split has no ground truth of that size).
@@ -42,6 +45,8 @@ class RunRecord:
     curve: Mapping[int, float]
     final: Mapping[str, float]
     missing: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
+    sweep_id: str = ""  # the sweep_id tag ("" outside a sweep), to tell repeated runs apart in messages
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,20 @@ def filter_string(*, sweep_id: Optional[str], tags: Mapping[str, str]) -> str:
         quoted = str(value).replace("'", "\\'")
         clauses.append(f"tags.`{key}` = '{quoted}'")
     return " and ".join(clauses)
+
+
+def store_uri(text: str, *, option: str = "--tracking-uri") -> str:
+    """A tracking URI as given, except a plain path (no scheme): an existing file is the SQLite store
+    ``sqlite:////abs/path`` (MLflow would take the path for its retired file-store folder and fail)."""
+    if urllib.parse.urlsplit(text).scheme or text == "databricks":  # URIs, and MLflow's one bare-word store
+        return text
+    path = Path(text).expanduser()
+    if path.is_file():
+        return "sqlite:///" + str(path.resolve())
+    what = "is a folder" if path.is_dir() else "does not exist"
+    raise AnalysisError(f"{option} {text}: {path.absolute()} {what}. Give the MLflow SQLite file the runs were "
+                        "logged to (e.g. ~/.local/share/date/mlflow.db, which python -m date.runtime.tracking "
+                        "prints as a URI), a sqlite:///<file> URI or an http://host:port server.")
 
 
 def check_store(uri: str) -> None:
@@ -164,4 +183,5 @@ def _to_record(client, run, group_params: Sequence[str]) -> RunRecord | str:
     groups = {tag: data.tags.get(tag, "") for tag in GROUP_TAGS}
     groups.update({f"params.{key}": data.params.get(key, "") for key in group_params})
     return RunRecord(run_id=info.run_id, run_name=info.run_name or "", seed=data.tags.get("seed", "?"),
-                     groups=groups, curve=curve, final=final, missing=missing)
+                     groups=groups, curve=curve, final=final, missing=missing, params=dict(data.params),
+                     sweep_id=data.tags.get("sweep_id", ""))

@@ -1,9 +1,10 @@
 """The analysis CLIs on real smoke trainings logged to a real MLflow tracking server on 127.0.0.1.
 
 One module-scoped fixture trains once for every test here: a sweep of {o2o, dual} x seeds {0, 1}
-(so Welch p-values exist) and a single o2m run outside the sweep (a one-seed variant).
+(so paired p-values exist) and a single o2m run outside the sweep (a one-seed variant).
 """
 import json
+import math
 import re
 import shutil
 
@@ -14,6 +15,7 @@ from scipy import stats as scipy_stats
 
 from analysis import convergence, duplicates
 from conftest import REPO, SMOKE, MlflowServer, run_module, sandbox_env
+from test_analysis_stats import _holm_by_procedure
 
 EXPERIMENT = "analysis_smoke"
 # SMOKE, with a learning rate high enough that 6 iterations give a non-zero, seed-dependent AP
@@ -67,7 +69,8 @@ def test_sweep_report_numbers_are_the_logged_metrics(trained, tmp_path):
                                                  "--sweep-id", trained["sweep_id"], "--out", str(out)],
                         env=trained["env"], cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("convergence.png", "convergence.pdf", "results.md", "results.tex", "results.json"):
+    for name in ("convergence.png", "convergence.pdf", "difference.png", "difference.pdf", "results.md",
+                 "results.tex", "results.json"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "convergence.pdf").read_bytes().startswith(b"%PDF")
     logged = logged_finals(trained["url"], trained["sweep_id"])
@@ -94,16 +97,54 @@ def test_sweep_report_numbers_are_the_logged_metrics(trained, tmp_path):
         epochs = sorted(logged[assigner]["curves"][0])
         assert v["curve"]["epochs"] == epochs == [1, 2, 3]
         assert v["curve"]["mean"] == pytest.approx([np.mean([c[e] for c in logged[assigner]["curves"]]) for e in epochs])
-    versus = by_label["DATE"]["versus_baseline"]["AP"]
-    assert versus["delta"] == pytest.approx(np.mean(logged["dual"]["AP"]) - np.mean(logged["o2o"]["AP"]))
-    a, b = logged["dual"]["AP"], logged["o2o"]["AP"]
-    if np.ptp(a) == 0 and np.ptp(b) == 0:
-        assert versus["p"] == "undefined"
-    else:
-        assert versus["p"] == pytest.approx(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+    _check_paired_effects(by_label["DATE"], logged, markdown)
+    assert result.stdout.startswith(markdown)  # the CLI prints the Markdown
+    for name in ("difference.png", "difference.pdf"):
+        assert (out / name).read_bytes()[:4] == (b"\x89PNG" if name.endswith("png") else b"%PDF"), name
     assert "## Schedule smoke" in markdown and "### Convergence speed" in markdown
     tex = (out / "results.tex").read_text()
     assert r"\begin{tabular}" in tex and r"\toprule" in tex and "POTO" in tex
+
+
+def _check_paired_effects(dual, logged, markdown):
+    """DATE vs POTO paired by seed (logged_finals lists both in seed order): the JSON and the Markdown row of each
+    metric against scipy's paired t-test, the t-interval from scipy's t quantile and Holm run by brute force."""
+    assert dual["paired"] and dual["baseline"] == "POTO"
+    pvalues, rows = [], []
+    for metric in METRICS:
+        a, b = np.array(logged["dual"][metric]), np.array(logged["o2o"][metric])
+        if min(a.min(), b.min()) < 0:  # COCOeval's -1: the analysis leaves the metric out
+            assert metric not in dual["versus_baseline"]
+            pvalues.append(None)
+            continue
+        d = a - b
+        p = math.nan if np.ptp(d) <= 1e-12 * np.abs(d).max() else scipy_stats.ttest_rel(a, b).pvalue
+        half = scipy_stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d))
+        pvalues.append(p)
+        rows.append((metric, d, half, p))
+        saved = dual["versus_baseline"][metric]
+        assert saved["delta"] == pytest.approx(d.mean(), abs=1e-12)
+        assert saved["ci"] == pytest.approx([d.mean() - half, d.mean() + half], abs=1e-12)
+        assert saved["p"] == ("undefined" if math.isnan(p) else pytest.approx(p))
+        assert (saved["wins"], saved["ties"]) == ((d > 0).sum(), (d == 0).sum())
+    holm = dict(zip(METRICS, _holm_by_procedure(pvalues)))
+    for metric, d, half, p in rows:
+        cell = f"{100 * d.mean():+.2f} [{100 * (d.mean() - half):+.2f}, {100 * (d.mean() + half):+.2f}]"
+        ties = (d == 0).sum()
+        wins = f"{(d > 0).sum()}/{len(d)}" + (f", {ties} tie{'s' if ties > 1 else ''}" if ties else "")
+        head = "| DATE | POTO |" if metric == "AP" else "| | |"
+        assert f"{head} {metric} | {cell} | {_p(p)} | {_p(holm[metric])} | {wins} |" in markdown, metric
+    d_ap = np.subtract(logged["dual"]["AP"], logged["o2o"]["AP"])
+    spread = np.ptp(d_ap) > 1e-12 * np.abs(d_ap).max()
+    assert "### Power (AP)" in markdown and ("- DATE vs POTO: n = 2 pairs, sd of the difference "
+                                             f"{100 * np.std(d_ap, ddof=1):.2f} AP: " if spread else
+                                             "- DATE vs POTO: not computable (no spread") in markdown
+
+
+def _p(p):
+    if math.isnan(p):
+        return "undefined"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def test_single_seed_variant_and_unfinished_runs_are_reported(trained, tmp_path):
@@ -127,7 +168,8 @@ def test_single_seed_variant_and_unfinished_runs_are_reported(trained, tmp_path)
     assert "p-values need >= 2 runs on both sides (1 vs 2 of POTO)" in notes
     markdown = (out / "results.md").read_text()
     assert re.search(r"\| FCOS \| 1 \| 0 \| [0-9.]+ \| ", markdown)  # a mean, no ± std
-    assert re.search(r"\| FCOS \| POTO \| [+-][0-9.]+ \(p n/a\) \|", markdown)
+    assert re.search(r"\| FCOS \(unpaired\) \| POTO \| AP \| [+-][0-9.]+ \| n/a \| n/a \| – \|", markdown)
+    assert "FCOS [schedule smoke]: the seeds differ from POTO's (no seed FCOS only; seed 1 POTO only)" in notes
     assert "status RUNNING" in markdown.split("## Could not compute")[1]
 
 
