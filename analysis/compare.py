@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from analysis import stats
+from analysis import power, stats
+from analysis.power import PowerAnalysis
 from analysis.runs import FINAL_METRICS, RunQuery, RunRecord
 from analysis.variants import (BASELINE_ASSIGNER, PAPER_NAMES, Variant, check_seeds, differing_params,
                                find_baseline, group_variants, labelled_keys)
@@ -35,7 +36,7 @@ class VariantResult:
     paired: Optional[bool] = None  # compared by seed pairs (same seeds on both sides); None: not compared
     versus: dict[str, stats.Comparison] = field(default_factory=dict)  # metric -> vs baseline
     holm: dict[str, Optional[float]] = field(default_factory=dict)  # metric -> Holm-adjusted p of versus
-    power: Optional[stats.PowerAnalysis] = None  # on AP
+    power: Optional[PowerAnalysis] = None  # on AP
     power_missing: Optional[str] = None  # why there is no power analysis (a variant with a baseline)
     difference: Optional[stats.Curve] = None  # val/AP variant - baseline per epoch (paired: mean over pairs)
     seed_differences: dict[str, dict[int, float]] = field(default_factory=dict)  # paired: seed -> {epoch: d}
@@ -217,7 +218,7 @@ def _power(result: VariantResult, base: VariantResult) -> None:
     else:
         a = [r.final["AP"] for r in variant_runs if "AP" in r.final]
         b = [r.final["AP"] for r in baseline_runs if "AP" in r.final]
-    result.power = stats.power_analysis(a, b, paired=bool(result.paired))
+    result.power = power.power_analysis(a, b, paired=bool(result.paired))
     if result.power is None:
         if len(a) < 2 or len(b) < 2:
             result.power_missing = "needs >= 2 seed pairs" if result.paired else "needs >= 2 runs on each side"

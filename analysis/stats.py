@@ -6,8 +6,7 @@
 - :func:`holm`: Holm's step-down adjustment of the p-values of one comparison's metrics.
 - :func:`first_epoch_reaching`, :func:`speedup` and :func:`bootstrap_speedup`: the convergence speed-up and
   its percentile bootstrap interval over seed pairs.
-- :func:`t_test_power`, :func:`n_for_power`, :func:`detectable_effect`, :func:`power_analysis`: how many
-  seeds a t-test needs for 80% power, and what the current seeds can detect.
+- Power (how many seeds a t-test needs for 80% power, what the current seeds detect): analysis/power.py.
 
 "Not computable" is an explicit None (never a made-up number): one seed has no std, no interval and
 no p-value. A test that is undefined (zero variance on both sides) gives a NaN p-value.
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
-from scipy import optimize
 from scipy import stats as scipy_stats
 
 REACH_TOLERANCE = 1e-9  # a mean curve "reaches" a target it equals up to float summation order
@@ -283,111 +281,6 @@ def _order_statistic(ordered: np.ndarray, q: float) -> Optional[float]:
     k = max(1, math.ceil(q * ordered.size - 1e-9))  # 1-based; the guard keeps 0.025 * 2000 at 50, not 51
     value = float(ordered[min(k, ordered.size) - 1])
     return None if math.isinf(value) else value
-
-
-def t_test_power(effect: float, sd: float, n_a: float, n_b: Optional[float] = None, *,
-                 alpha: float = 0.05) -> float:
-    """Power of the two-sided t-test at level ``alpha`` when the true difference is ``effect``.
-
-    Paired (``n_b`` None): ``n_a`` pairs, ``sd`` of the differences; T ~ noncentral t with df = n - 1 and
-    nc = effect / sd * sqrt(n). Two-sample (Student's, a common ``sd``; the usual planning stand-in for
-    Welch's test): df = n_a + n_b - 2, nc = effect / (sd * sqrt(1/n_a + 1/n_b)). n may be fractional.
-    """
-    if sd <= 0:
-        raise ValueError(f"sd={sd}: power needs a positive spread")
-    if n_b is None:
-        df, nc = n_a - 1, effect / sd * math.sqrt(n_a)
-    else:
-        df, nc = n_a + n_b - 2, effect / (sd * math.sqrt(1 / n_a + 1 / n_b))
-    crit = scipy_stats.t.ppf(1 - alpha / 2, df)
-    # P(T > crit) + P(T < -crit); the lower tail as P(T' > crit) with T' = -T ~ nct(df, -nc), because scipy's
-    # nct.cdf returns nan far in the lower tail (df 1.5, nc 14) while its sf stays finite
-    return float(scipy_stats.nct.sf(crit, df, nc) + scipy_stats.nct.sf(crit, df, -nc))
-
-
-def n_for_power(effect: float, sd: float, *, paired: bool, power: float = 0.8, alpha: float = 0.05,
-                max_n: int = 100_000) -> Optional[int]:
-    """The smallest n >= 2 (pairs; unpaired: runs per arm) whose :func:`t_test_power` is >= ``power``;
-    None when ``effect`` is 0 or more than ``max_n`` would be needed. brentq on the continuous n, then
-    the neighbouring integers checked."""
-    def power_at(n: float) -> float:
-        return t_test_power(effect, sd, n, None if paired else n, alpha=alpha)
-
-    if effect == 0:
-        return None
-    if power_at(2) >= power:
-        return 2
-    high = 4
-    while power_at(high) < power:
-        if high >= max_n:
-            return None
-        high = min(2 * high, max_n)
-    n = max(2, math.ceil(optimize.brentq(lambda x: power_at(x) - power, 2, high, xtol=1e-6) - 1e-6))
-    while power_at(n) < power:
-        n += 1
-    while n > 2 and power_at(n - 1) >= power:
-        n -= 1
-    return n
-
-
-def detectable_effect(sd: float, n_a: int, n_b: Optional[int] = None, *, power: float = 0.8,
-                      alpha: float = 0.05) -> float:
-    """The smallest |effect| the test detects with ``power`` at these n (brentq on :func:`t_test_power`)."""
-    def gap(effect: float) -> float:
-        return t_test_power(effect, sd, n_a, n_b, alpha=alpha) - power
-
-    high = sd
-    for _ in range(200):  # power -> 1 as the effect grows, slowly for df = 1
-        if gap(high) >= 0:
-            return float(optimize.brentq(gap, 0.0, high, xtol=sd * 1e-10))
-        high *= 2
-    raise ValueError(f"no effect reaches power {power} with sd {sd} and n {n_a}, {n_b}")
-
-
-@dataclass(frozen=True)
-class PowerAnalysis:
-    """Planning for a two-sided t-test at ``alpha`` from an observed difference and spread.
-
-    Paired: ``n_variant`` = ``n_baseline`` = pairs, ``sd`` of the differences, ``n_needed`` pairs.
-    Unpaired: the runs on each side, the pooled sd, ``n_needed`` runs per arm. ``n_needed`` is None when
-    the observed effect is 0 or it would take more than 100000; ``detectable`` is the smallest |effect|
-    the current n detect with ``power``.
-    """
-
-    paired: bool
-    n_variant: int
-    n_baseline: int
-    effect: float
-    sd: float
-    n_needed: Optional[int]
-    detectable: float
-    power: float = 0.8
-    alpha: float = 0.05
-
-
-def power_analysis(variant: Sequence[float], baseline: Sequence[float], *, paired: bool, power: float = 0.8,
-                   alpha: float = 0.05) -> Optional[PowerAnalysis]:
-    """From the data (paired: ``variant[i]`` and ``baseline[i]`` of seed i). None when not computable:
-    fewer than 2 pairs (2 runs on a side) or no spread at all."""
-    a, b = np.asarray(variant, dtype=float), np.asarray(baseline, dtype=float)
-    if paired:
-        if a.shape != b.shape or a.size < 2:
-            return None
-        d = a - b
-        if no_spread(d):
-            return None
-        effect, sd, n_b = float(d.mean()), float(d.std(ddof=1)), None
-    else:
-        if a.size < 2 or b.size < 2 or (no_spread(a) and no_spread(b)):
-            return None
-        effect, n_b = float(a.mean() - b.mean()), b.size
-        sd = math.sqrt(((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1)) / (a.size + b.size - 2))
-    if not sd > 0:
-        return None
-    return PowerAnalysis(paired=paired, n_variant=int(a.size), n_baseline=int(b.size), effect=effect, sd=sd,
-                         n_needed=n_for_power(effect, sd, paired=paired, power=power, alpha=alpha),
-                         detectable=detectable_effect(sd, a.size, n_b, power=power, alpha=alpha),
-                         power=power, alpha=alpha)
 
 
 def no_spread(values: np.ndarray) -> bool:

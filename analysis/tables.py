@@ -13,7 +13,8 @@ from typing import Optional
 
 from analysis.compare import Report, VariantResult
 from analysis.runs import FINAL_METRICS
-from analysis.stats import Comparison, PowerAnalysis, SpeedupInterval, Summary
+from analysis.power import PowerAnalysis
+from analysis.stats import Comparison, SpeedupInterval, Summary
 
 UNPAIRED = "unpaired"
 

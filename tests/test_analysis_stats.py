@@ -1,13 +1,13 @@
-"""analysis.stats against hand computations, independent scipy calls, brute-force loops and Monte-Carlo."""
+"""analysis.stats and analysis.power against hand computations, independent scipy calls, brute-force loops and Monte-Carlo."""
 import math
 
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from analysis.stats import (bootstrap_speedup, detectable_effect, first_epoch_reaching, holm, mean_curve,
-                            n_for_power, paired_difference_curve, paired_t, power_analysis, speedup, summarize,
-                            t_test_power, welch, welch_difference_curve)
+from analysis.power import detectable_effect, n_for_power, power_analysis, t_test_power
+from analysis.stats import (bootstrap_speedup, first_epoch_reaching, holm, mean_curve, paired_difference_curve,
+                            paired_t, speedup, summarize, welch, welch_difference_curve)
 
 
 def test_summary_matches_hand_computation():
