@@ -11,7 +11,7 @@
 #
 #   experiments/claim_study.sh                          # the study (hours: ~7.5 min per 1x run, ~22 per 3x run)
 #   O2M_3X=1 experiments/claim_study.sh                 # then also o2m at 3x (exploratory)
-# Environment: PYTHON (python), STUDY_DIR (multirun/claim_study), MLFLOW_TRACKING_URI (default: a SQLite store in
+# Environment: PYTHON (python), LANES ("1x 3x"), STUDY_DIR (multirun/claim_study), MLFLOW_TRACKING_URI (default: a SQLite store in
 # STUDY_DIR, so the study travels with its folder), OUT (experiments/results/claim_study). Extra arguments are
 # Hydra overrides for every run.
 set -euo pipefail
@@ -21,6 +21,7 @@ N3=__N3__  # pre-registered: pairs at 3x
 PYTHON=${PYTHON:-python}
 STUDY_DIR=${STUDY_DIR:-multirun/claim_study}
 OUT=${OUT:-experiments/results/claim_study}
+LANES=${LANES:-1x 3x}  # the lanes to run (both by default)
 mkdir -p "$STUDY_DIR"
 STUDY_DIR=$(cd "$STUDY_DIR" && pwd)
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$STUDY_DIR/mlflow.db}
@@ -30,24 +31,27 @@ seeds() { seq -s, 0 $(($1 - 1)); }
 # One process creates the store and the experiment before two sweeps write to it (SQLite's first migration races).
 "$PYTHON" -c "import mlflow; mlflow.set_tracking_uri('$MLFLOW_TRACKING_URI'); mlflow.set_experiment('claim_study')"
 
-sweep() {  # schedule seeds assigners
+sweep() {  # folder seeds assigners [overrides]: seed before assigner, so that Hydra runs every mode of a seed in turn
   "$PYTHON" -m date.train -m experiment=convergence_synthetic name=claim_study tracking.experiment=claim_study \
-    seed="$2" assigner="$3" schedule="$1" tracking.log_model=false hydra.sweep.dir="$STUDY_DIR/$1" "${@:4}" \
+    seed="$2" assigner="$3" schedule="${1%%-*}" tracking.log_model=false hydra.sweep.dir="$STUDY_DIR/$1" "${@:4}" \
     > "$STUDY_DIR/$1.log" 2>&1
 }
-sweep 1x "$(seeds $N1)" o2o,dual,o2m "$@" &
-lane_1x=$!
-sleep 30  # the second sweep's first MLflow writes after the first's
-sweep 3x "$(seeds $N3)" o2o,dual "$@"
-if [ "${O2M_3X:-0}" = 1 ]; then
-  STUDY_DIR_3X_O2M="$STUDY_DIR/3x-o2m"
-  "$PYTHON" -m date.train -m experiment=convergence_synthetic name=claim_study tracking.experiment=claim_study \
-    seed="$(seeds $N3)" assigner=o2m schedule=3x tracking.log_model=false hydra.sweep.dir="$STUDY_DIR_3X_O2M" "$@" \
-    > "$STUDY_DIR/3x-o2m.log" 2>&1
-fi
-wait $lane_1x
+lane() {  # 1x | 3x, then the Hydra overrides
+  case $1 in
+    1x) sweep 1x "$(seeds $N1)" o2o,dual,o2m "${@:2}" ;;
+    3x) sweep 3x "$(seeds $N3)" o2o,dual "${@:2}"
+        if [ "${O2M_3X:-0}" = 1 ]; then sweep 3x-o2m "$(seeds $N3)" o2m "${@:2}"; fi ;;
+  esac
+}
+for schedule in $LANES; do
+  lane "$schedule" "$@" &
+  sleep 30  # the second sweep's first MLflow writes after the first's
+done
+wait
 
-ids=(--sweep-id "$(cat "$STUDY_DIR/1x/sweep_id")" --sweep-id "$(cat "$STUDY_DIR/3x/sweep_id")")
-[ -f "$STUDY_DIR/3x-o2m/sweep_id" ] && ids+=(--sweep-id "$(cat "$STUDY_DIR/3x-o2m/sweep_id")")
+ids=()
+for sweep_dir in 1x 3x 3x-o2m; do
+  if [ -f "$STUDY_DIR/$sweep_dir/sweep_id" ]; then ids+=(--sweep-id "$(cat "$STUDY_DIR/$sweep_dir/sweep_id")"); fi
+done
 "$PYTHON" -m analysis.convergence --experiment claim_study "${ids[@]}" --out "$OUT"
 echo "claim_study: runs in $STUDY_DIR (MLflow $MLFLOW_TRACKING_URI); report in $OUT"
