@@ -82,26 +82,27 @@ def _run_locked(cfg: DictConfig, hc, run_dir: Path, dist_info) -> dict[str, floa
         check_reachable(uri)  # fail fast, before datasets and model
     datasets = None if finished else _datasets(cfg, dist_info)
     tracker = _start_tracker(cfg, hc, uri, run_dir, resume_from) if dist_info.is_main else None
-    try:
-        if finished:
-            return _report_finished(tracker, run_dir, resolved, resume_from)
-        # SLURM preemption / time limit: save, requeue, resume; SIGTERM / Ctrl-C elsewhere: save, say how to resume
-        with checkpoint_on_signal(_resume_command(hc)) as preemption:
+    # SLURM preemption / time limit: save, requeue, resume; SIGTERM / Ctrl-C elsewhere: save, say how to resume.
+    # Deferred until the end of the run: a signal after the last iteration lets the run finish its final files.
+    with checkpoint_on_signal(_resume_command(hc)) as preemption:
+        try:
+            if finished:
+                return _report_finished(tracker, run_dir, resolved, resume_from)
             metrics = _train(cfg, resolved, run_dir, device, dist_info, tracker, resume_from, *datasets,
                              preemption=preemption)
-    except BaseException as exc:
+        except BaseException as exc:
+            if tracker is not None:
+                tracker.flush_until(10.0)
+                killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
+                _finish(tracker, run_dir, resolved, status="KILLED" if killed else "FAILED")
+            raise
         if tracker is not None:
-            tracker.flush_until(10.0)
-            killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
-            _finish(tracker, run_dir, resolved, status="KILLED" if killed else "FAILED")
-        raise
-    if tracker is not None:
-        if cfg.tracking.log_model:
-            _log_model(tracker, run_dir, datasets[1])
-        _finish(tracker, run_dir, resolved)
-    if dist_info.is_main:
-        _say_where(cfg, tracker, run_dir)
-    return metrics
+            if cfg.tracking.log_model:
+                _log_model(tracker, run_dir, datasets[1])
+            _finish(tracker, run_dir, resolved)
+        if dist_info.is_main:
+            _say_where(cfg, tracker, run_dir)
+        return metrics
 
 
 def _log_model(tracker: RunTracker, run_dir: Path, val_set) -> None:

@@ -211,9 +211,12 @@ class Trainer:
         with logging_redirect_tqdm():
             while self.state["global_iter"] < self.total_iters:
                 self._train_epoch(bar)
-                self._end_epoch()
+                self._end_epoch(bar)
         bar.close()
         return self._finish()
+
+    def _stop_requested(self) -> bool:
+        return self.preemption is not None and self.preemption.requested(self.device)
 
     def _train_epoch(self, bar: tqdm) -> None:
         epoch, start_iter = self.state["epoch"], self.state["iter_in_epoch"]
@@ -223,8 +226,8 @@ class Trainer:
             g = self.state["global_iter"]
             if g >= self.total_iters:
                 break
-            if self.preemption is not None and self.preemption.requested(self.device):
-                self._hand_over(bar, epoch, it)
+            if self._stop_requested():
+                self._hand_over(bar)
             losses, values = self._step(images, targets, epoch, it)
             self.state["global_iter"] = g = g + 1
             self.state["iter_in_epoch"] = it + 1
@@ -313,14 +316,17 @@ class Trainer:
         self.window_seconds = 0.0
         return img_s
 
-    def _end_epoch(self) -> None:
-        """After an epoch (or max_iters): evaluate when due, then checkpoint."""
+    def _end_epoch(self, bar: tqdm) -> None:
+        """After an epoch (or max_iters): evaluate when due, then checkpoint (and stop there if a stop signal came
+        meanwhile, e.g. during the evaluation)."""
         self._check_weights()  # before evaluating or saving them
         epochs_done = self.state["epoch"] + 1
         self.state["epoch"], self.state["iter_in_epoch"] = epochs_done, 0
         done = self.state["global_iter"] >= self.total_iters
         if epochs_done % self.cfg.eval_every == 0 or done:
             self.evaluate(epochs_done)
+        if not done and self._stop_requested():
+            self._hand_over(bar)
         if not done:
             self.save_last()
         self.last_tick = time.perf_counter()
@@ -332,6 +338,7 @@ class Trainer:
         branches = [None]
         if self.cfg.eval_o2m_branch and self.model.inference_branch != "o2m" and "o2m" in self.model.head.branches:
             branches.append("o2m")
+        log.info("Evaluating after epoch %d on the %d val images", epochs_done, len(self.val_set))
         per_branch, image_ids = self._predict_val(branches)
         if not self.dist.is_main:
             return
@@ -396,13 +403,14 @@ class Trainer:
             raise non_finite_error(f"weights after iteration {self.state['global_iter']}: {examples(bad, 3)}",
                                    last_checkpoint=self.run_dir / ckpt.LAST)
 
-    def _hand_over(self, bar: tqdm, epoch: int, it: int) -> None:
-        """A stop signal arrived: the state is that of the iteration boundary, so this batch is drawn again
+    def _hand_over(self, bar: tqdm) -> None:
+        """A stop signal arrived: the state is that of the iteration boundary, so the batch not yet drawn is drawn
         after the resume."""
         self.save_last()
         purpose = " for requeueing" if isinstance(self.preemption, CheckpointSignal) else ""
         log.info("Checkpoint written%s: %s at epoch %d iter %d (global iteration %d/%d)", purpose,
-                 self.run_dir / ckpt.LAST, epoch, it, self.state["global_iter"], self.total_iters)
+                 self.run_dir / ckpt.LAST, self.state["epoch"], self.state["iter_in_epoch"], self.state["global_iter"],
+                 self.total_iters)
         bar.close()
         self.preemption.hand_over()
 
