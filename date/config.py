@@ -94,6 +94,17 @@ def in_unit_interval(default: Any) -> Any:
     return checked(default, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
+def device_field() -> Any:
+    """The ``device`` key of every entrypoint: auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps."""
+    return checked("auto", lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) is not None,
+                   "auto, cpu, cuda or cuda:N")
+
+
+def amp_field() -> Any:
+    """The ``amp`` key of every entrypoint: bf16 autocast auto (on with CUDA, off on CPU) | true | false."""
+    return checked("auto", lambda v: amp_setting(v) in ("auto", "true", "false"), "auto, true or false")
+
+
 def _weights_ok(value: str) -> bool:
     return value in ("none", "imagenet") or Path(value).expanduser().is_file()
 
@@ -236,11 +247,12 @@ class EvaluateConfig:
 
     checkpoint: str = MISSING  # a model_final.pth or last.pth written by date.train (required)
     dataset: Optional[Dict[str, Any]] = None  # null: the dataset stored in the checkpoint
-    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
-    amp: str = "auto"  # bf16 autocast: auto (on with CUDA, off on CPU) | true | false
-    batch_size: int = 8  # images per forward pass
-    num_workers: int = 2  # data-loading processes (0: the main process)
-    output: Optional[str] = None  # also write {"AP": ..., ...} as JSON to this path
+    device: str = device_field()  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    amp: str = amp_field()  # bf16 autocast: auto (on with CUDA, off on CPU) | true | false
+    batch_size: int = at_least(8, 1)  # images per forward pass
+    num_workers: int = at_least(2, 0)  # data-loading processes (0: the main process)
+    out: Optional[str] = None  # also write {"AP": ..., ...} as JSON to this file (refused: the checkpoint, a folder)
+    overwrite: bool = False  # true: out= may replace an existing file that is not an earlier evaluation JSON
 
 
 def register() -> None:
@@ -272,17 +284,19 @@ def run_name(override_dirname: str) -> str:
     return name
 
 
-def _problems(node: DictConfig, prefix: str = "") -> list[str]:
-    """The failed checks of a structured node and its structured children (see :func:`checked`)."""
+def _problems(node: DictConfig, prefix: str = "", *, missing_ok: bool = False) -> list[str]:
+    """The failed checks of a structured node and its structured children (see :func:`checked`); ``missing_ok``:
+    leave unset (``???``) keys to the entrypoint, which says what it needs."""
     schema = OmegaConf.get_type(node)
     found: list[str] = []
     for f in fields(schema):
         if OmegaConf.is_missing(node, f.name):
-            found.append(f"{prefix}{f.name}: not set (pass {prefix}{f.name}=... or pick a group option)")
+            if not missing_ok:
+                found.append(f"{prefix}{f.name}: not set (pass {prefix}{f.name}=... or pick a group option)")
             continue
         value = node[f.name]
         if isinstance(value, DictConfig) and is_dataclass(OmegaConf.get_type(value)):
-            found += _problems(value, f"{prefix}{f.name}.")
+            found += _problems(value, f"{prefix}{f.name}.", missing_ok=missing_ok)
         elif "ok" in f.metadata and not f.metadata["ok"](value):
             plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             found.append(f"{prefix}{f.name}={plain!r}: expected {f.metadata['expected']}")
@@ -301,6 +315,15 @@ def validate(cfg: DictConfig) -> None:
     if problems:
         raise ConfigError("Invalid configuration: " + "; ".join(problems) + ". Fix these values on the command line "
                           "(key=value) or in conf/; `python -m date.train --cfg job` prints the composed config.")
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """The range checks of a composed date.evaluate / date.predict / date.export config; ConfigError listing every
+    problem (required keys are their run's to check)."""
+    problems = _problems(cfg, missing_ok=True)
+    if problems:
+        raise ConfigError("Invalid configuration: " + "; ".join(problems) + ". Fix these values on the command line "
+                          "(key=value).")
 
 
 def resolved_config(cfg: DictConfig) -> dict:

@@ -4,7 +4,10 @@ from date.config import ConfigError
 from date.data.errors import DatasetError
 from date.modeling.backbone import BackboneWeightsError
 from date.runtime.checkpoint import CheckpointError
+from date.runtime.distributed import DeviceError
+from date.runtime.outputs import OutputError
 from date.runtime.run_dir_lock import RunDirBusyError
 from date.runtime.tracking import TrackingError
 
-INPUT_ERRORS = (ConfigError, DatasetError, TrackingError, CheckpointError, BackboneWeightsError, RunDirBusyError)
+INPUT_ERRORS = (ConfigError, DatasetError, TrackingError, CheckpointError, BackboneWeightsError, RunDirBusyError,
+                DeviceError, OutputError)

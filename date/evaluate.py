@@ -1,57 +1,85 @@
-"""Evaluate a checkpoint alone: ``python -m date.evaluate checkpoint=<model_final.pth | last.pth>``.
+"""Evaluate a checkpoint alone: ``python -m date.evaluate checkpoint=<model_final.pth | last.pth> [out=eval.json]``.
 
 The detector and dataset configs are read from the checkpoint (``dataset=<preset> dataset.key=...``
-replaces the dataset); only the validation split is built. Prints the 12 COCO numbers; bad input ends
-with a message and exit code 2, as in date.train.
+replaces the dataset); only the validation split is built. Prints the 12 COCO numbers and, with ``out=``, writes
+them as JSON (atomically). Writes nothing else: no run dir, no log file (the log is the console's). Bad input
+(the output path included: not the checkpoint, not a folder, writable) ends with a message and exit code 2
+before the evaluation starts, as in date.train; a failed write of ``out`` with exit code 1.
 """
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import Optional
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from date.coco_eval import evaluate
-from date.config import ConfigError, amp_setting
-from date.data.build import build_val_dataset
+from date import cli
+from date.config import ConfigError, EvaluateConfig, amp_setting, check_ranges
+from date.data.build import DatasetConfig, build_val_dataset
 from date.data.loader import build_eval_loader
 from date.errors import INPUT_ERRORS
 from date.modeling.build import checkpoint_config, detector_from_checkpoint
 from date.runtime import checkpoint as ckpt
 from date.runtime.distributed import autocast_dtype, resolve_device
 from date.runtime.logs import errors_as_messages
+from date.runtime.outputs import check_output_file
 
 log = logging.getLogger("date.evaluate")
+
+
+def is_evaluation_json(path: Path) -> bool:
+    """Whether ``path`` holds what ``out=`` writes (the COCO numbers as a JSON object): such a file is replaced."""
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(stats, dict) and "AP" in stats and all(isinstance(v, (int, float)) for v in stats.values())
+
+
+def output_path(cfg: DictConfig, checkpoint: Path) -> Optional[Path]:
+    """``out``, checked (date.runtime.outputs), or None when not given."""
+    if not cfg.out:
+        return None
+    return check_output_file(str(cfg.out), key="out", kind='an evaluation JSON ({"AP": ...})',
+                             inputs={"checkpoint": checkpoint}, is_own=is_evaluation_json, overwrite=cfg.overwrite)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise ConfigError("No checkpoint given: pass checkpoint=<path of model_final.pth or last.pth>.")
-    saved = ckpt.load(Path(cfg.checkpoint).expanduser())
+    checkpoint = Path(cfg.checkpoint).expanduser()
+    out = output_path(cfg, checkpoint)
+    device = resolve_device(cfg.device)
+    saved = ckpt.load(checkpoint)
     dataset_cfg = cfg.dataset if cfg.dataset is not None else checkpoint_config(saved).dataset
     val_set = build_val_dataset(dataset_cfg)
     model = detector_from_checkpoint(saved, num_classes=val_set.num_classes)
-    device = resolve_device(cfg.device)
     model.to(device)
     stats, _ = evaluate(model=model, loader=build_eval_loader(val_set, batch_size=cfg.batch_size,
                                                               num_workers=cfg.num_workers),
                         coco_gt=val_set.coco, label_to_category_id=val_set.label_to_category_id, device=device,
                         amp_dtype=autocast_dtype(amp_setting(cfg.amp), device))
     print("  ".join(f"{k} {v:.4f}" for k, v in stats.items()))
-    if cfg.output:
-        Path(cfg.output).write_text(json.dumps(stats, indent=1))
+    if out is not None:
+        ckpt.write_atomic(out, json.dumps(stats, indent=1))
+        log.info("Written: %s", out)
     return stats
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> dict[str, float]:
-    with errors_as_messages(dict.fromkeys(INPUT_ERRORS, 2)):
+    with errors_as_messages({**dict.fromkeys(INPUT_ERRORS, 2), ckpt.SaveError: 1}):
         return run(cfg)
 
 
+ENTRYPOINT = cli.Entrypoint(module="date.evaluate", config_name="evaluate", schema=EvaluateConfig,
+                            sections={"dataset": DatasetConfig}, renamed={"output": "out"}, check_config=check_ranges)
+
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    main()
+    cli.main(ENTRYPOINT, main)

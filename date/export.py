@@ -19,6 +19,8 @@ image i's detections are its first num_detections[i] rows, by decreasing score; 
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -32,12 +34,14 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from date.box_ops import distances_to_boxes
-from date.config import ConfigError
+from date import cli
+from date.config import ConfigError, check_ranges
 from date.errors import INPUT_ERRORS
 from date.modeling.build import checkpoint_num_classes, detector_from_checkpoint
 from date.modeling.detector import DATEDetector, _top_per_level, o2o_logits
 from date.runtime import checkpoint as ckpt
 from date.runtime.logs import errors_as_messages
+from date.runtime.outputs import check_output_file
 
 INPUT_NAMES = ("images", "image_sizes")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
@@ -51,6 +55,7 @@ class ExportConfig:
 
     checkpoint: str = MISSING  # a model_final.pth or last.pth written by date.train (required)
     out: Optional[str] = None  # the .onnx file to write; null: the checkpoint's path with the suffix .onnx
+    overwrite: bool = False  # true: out= may replace an existing file that is not an ONNX model
 
 
 ConfigStore.instance().store(name="export_schema", node=ExportConfig)
@@ -180,15 +185,40 @@ def export(detector: DATEDetector, out: Path) -> Path:
     batch = torch.export.Dim("batch", min=1, max=1024)
     height = SIZE_DIVISIBILITY * torch.export.Dim("height_blocks", min=1, max=64)
     width = SIZE_DIVISIBILITY * torch.export.Dim("width_blocks", min=1, max=64)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         program = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET,
                                     input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
                                     dynamic_shapes={"images": {0: batch, 2: height, 3: width},
                                                     "image_sizes": {0: batch}},
                                     custom_translation_table={torch.ops.date.nms_keep.default: nms_keep_onnx})
-    program.save(str(out))
+    save_atomic(program, out)
     return out
+
+
+def save_atomic(program, out: Path) -> None:
+    """``program.save(out)`` through a temporary file in the same folder: ``out`` is the old or the new model, never
+    half of one (SaveError naming the path and the reason when writing fails)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        program.save(str(tmp))
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(out.parent).free / 2**30
+        raise ckpt.SaveError(f"Could not write {out}: {exc.strerror or exc} ({free:.2f} GiB free on its file system); "
+                             "that file is unchanged. Free some space or pick another out= and rerun.") from None
+
+
+def is_onnx_model(path: Path) -> bool:
+    """Whether ``path`` holds an ONNX model (an earlier export, replaced without asking)."""
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf's decode errors, an unreadable file: not one
+        return False
+    return True
 
 
 def run(cfg: DictConfig) -> Path:
@@ -199,18 +229,22 @@ def run(cfg: DictConfig) -> Path:
         raise ConfigError(f"The ONNX export needs {' and '.join(missing)}, which are not installed: "
                           'pip install -e ".[export]" -c constraints.txt (the export extra, with onnxruntime).')
     checkpoint = Path(cfg.checkpoint).expanduser()
+    out = check_output_file(str(cfg.out or checkpoint.with_suffix(".onnx")), key="out", kind="an ONNX model",
+                            inputs={"checkpoint": checkpoint}, is_own=is_onnx_model, overwrite=cfg.overwrite)
     saved = ckpt.load(checkpoint)
     detector = detector_from_checkpoint(saved, num_classes=checkpoint_num_classes(saved, checkpoint))
-    out = export(detector, Path(cfg.out).expanduser() if cfg.out else checkpoint.with_suffix(".onnx"))
+    export(detector, out)
     print(f"Exported the {detector.inference_branch} branch of {checkpoint} to {out}")
     return out
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> Path:
-    with errors_as_messages(dict.fromkeys(INPUT_ERRORS, 2)):
+    with errors_as_messages({**dict.fromkeys(INPUT_ERRORS, 2), ckpt.SaveError: 1}):
         return run(cfg)
 
 
+ENTRYPOINT = cli.Entrypoint(module="date.export", config_name="export", schema=ExportConfig, check_config=check_ranges)
+
 if __name__ == "__main__":
-    main()
+    cli.main(ENTRYPOINT, main)

@@ -9,7 +9,9 @@ the checkpoint's dataset (date.data.build.dataset_paths; a synthetic one is gene
 id as date.data.coco.CocoDetection numbers them. Consecutive images of one size are detected together,
 ``batch_size`` at a time (one resize per batch, as date.runtime.logged_model.detect takes them).
 
-Writes into ``out``:
+Writes into ``out`` (a new or empty folder, or an earlier prediction's; checked before any image is read, as
+date.runtime.outputs says; created only then), and nowhere else:
+- predict.log: this command's log;
 - detections.json: COCO results, every detection the checkpoint's detector keeps (its ``model.score_thresh``),
   as date.coco_eval.to_coco_results writes the evaluation's: image_id, category_id (the training data's),
   bbox [x, y, w, h] in the file's pixels, score;
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Sequence
@@ -43,7 +46,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from date.coco_eval import to_coco_results
-from date.config import ConfigError, amp_setting
+from date import cli
+from date.config import ConfigError, amp_field, amp_setting, at_least, check_ranges, device_field, in_unit_interval
 from date.data.build import dataset_paths
 from date.data.coco import open_image, read_annotation_file
 from date.data.errors import DatasetError
@@ -53,7 +57,8 @@ from date.modeling.detector import DATEDetector
 from date.runtime import checkpoint as ckpt
 from date.runtime.distributed import autocast_dtype, resolve_device
 from date.runtime.logged_model import detect, load_detector
-from date.runtime.logs import errors_as_messages
+from date.runtime.logs import errors_as_messages, log_to_file
+from date.runtime.outputs import check_output_folder
 
 log = logging.getLogger("date.predict")
 
@@ -66,11 +71,14 @@ class PredictConfig:
 
     checkpoint: str = MISSING  # a model_final.pth or last.pth written by date.train (required)
     images: Any = MISSING  # a folder, an image file, or a list of folders and files (required)
-    out: str = MISSING  # where detections.json, images.json and the drawn <stem>.png go
-    score_thresh: float = 0.3  # drawn images: boxes scoring at least this (detections.json keeps all)
-    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
-    amp: str = "auto"  # bf16 autocast: auto (on with CUDA, off on CPU) | true | false
-    batch_size: int = 8  # images per forward pass (consecutive images of one size)
+    # the folder detections.json, images.json, predict.log and the drawn <stem>.png go into (new, empty, or an
+    # earlier prediction's); null: outputs/predict/<date_time>
+    out: Optional[str] = None
+    overwrite: bool = False  # true: out= may be a folder holding other files (same-named ones are replaced)
+    score_thresh: float = in_unit_interval(0.3)  # drawn images: boxes scoring at least this (detections.json: all)
+    device: str = device_field()  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    amp: str = amp_field()  # bf16 autocast: auto (on with CUDA, off on CPU) | true | false
+    batch_size: int = at_least(8, 1)  # images per forward pass (consecutive images of one size)
 
 
 ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
@@ -90,21 +98,24 @@ def run(cfg: DictConfig) -> None:
     """Everything is checked before an image is read or a file written; see the module docstring."""
     check_settings(cfg)
     files = image_files(cfg.images)
-    out = Path(cfg.out).expanduser()
+    out = check_output_folder(cfg.out or time.strftime("outputs/predict/%Y-%m-%d_%H-%M-%S"), key="out",
+                              kind="the detections and drawn images", is_own=is_prediction_folder,
+                              overwrite=cfg.overwrite)
     check_stems(files, out)
+    device = resolve_device(cfg.device)
     checkpoint = Path(cfg.checkpoint).expanduser()
     saved = ckpt.load(checkpoint)
     categories = checkpoint_categories(saved)
     detector, resize = load_detector(checkpoint, label_to_category_id=[c["id"] for c in categories], saved=saved)
-    device = resolve_device(cfg.device)
     detector.to(device)
     out.mkdir(parents=True, exist_ok=True)
+    log_to_file(out / "predict.log")
     predictor = Predictor(detector=detector, resize=resize, categories=categories, device=device,
                           amp_dtype=autocast_dtype(amp_setting(cfg.amp), device), score_thresh=cfg.score_thresh,
                           out=out)
     images, results, unreadable = predictor.run(files, batch_size=cfg.batch_size)
-    (out / "detections.json").write_text(json.dumps(results))
-    (out / "images.json").write_text(json.dumps({"images": images, "categories": categories}, indent=1))
+    ckpt.write_atomic(out / "detections.json", json.dumps(results))
+    ckpt.write_atomic(out / "images.json", json.dumps({"images": images, "categories": categories}, indent=1))
     log.info("%d detections on %d images: %s (COCO results of %s); drawn images: %s/<stem>.png", len(results),
              len(images), out / "detections.json", out / "images.json", out)
     if unreadable:
@@ -116,7 +127,7 @@ def run(cfg: DictConfig) -> None:
 
 def check_settings(cfg: DictConfig) -> None:
     """The required keys are set and the numbers in range; ConfigError listing every problem."""
-    problems = [f"{key}: not set (pass {key}=...)" for key in ("checkpoint", "images", "out")
+    problems = [f"{key}: not set (pass {key}=...)" for key in ("checkpoint", "images")
                 if OmegaConf.is_missing(cfg, key)]
     if not 0.0 <= cfg.score_thresh <= 1.0:
         problems.append(f"score_thresh={cfg.score_thresh}: expected a number in [0, 1]")
@@ -125,6 +136,15 @@ def check_settings(cfg: DictConfig) -> None:
     if problems:
         raise ConfigError("Invalid configuration: " + "; ".join(problems) + ". Usage: python -m date.predict "
                           "checkpoint=<model_final.pth> images=<folder | file | [files]> out=<dir>.")
+
+
+def is_prediction_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier prediction (its images.json): its files are replaced without asking."""
+    try:
+        listing = json.loads((folder / "images.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(listing, dict) and {"images", "categories"} <= set(listing)
 
 
 def image_files(images: Any) -> list[Path]:
@@ -238,10 +258,13 @@ class Predictor:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    with errors_as_messages({**dict.fromkeys(INPUT_ERRORS, 2), UnreadableImagesError: 1}):
+    with errors_as_messages({**dict.fromkeys(INPUT_ERRORS, 2), UnreadableImagesError: 1, ckpt.SaveError: 1}):
         run(cfg)
 
 
+ENTRYPOINT = cli.Entrypoint(module="date.predict", config_name="predict", schema=PredictConfig,
+                            check_config=check_ranges)
+
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    main()
+    cli.main(ENTRYPOINT, main)

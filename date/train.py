@@ -18,6 +18,7 @@ import sys
 import threading
 import uuid
 from pathlib import Path
+from typing import NamedTuple, Optional, Sequence
 
 import hydra
 import torch
@@ -25,16 +26,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from date.config import ConfigError, flatten, resolved_config, resume_mismatches, validate
-from date.data.build import build_datasets
+from date import cli
+from date.cli import Entrypoint
+from date.config import ConfigError, TrainConfig, flatten, resolved_config, resume_mismatches, validate
+from date.data.build import build_datasets, check_dataset_paths
+from date.data.synthetic import SyntheticParams
 from date.errors import INPUT_ERRORS
+from date.modeling.backbone import check_weights
 from date.modeling.build import build_criterion, build_detector
 from date.runtime import checkpoint as ckpt
 from date.runtime.checkpoint import seed_everything
 from date.runtime.distributed import barrier, cleanup, env_info, init_distributed, resolve_device
 from date.runtime.logs import errors_as_messages, job_log_file, log_to_rank_file
+from date.runtime.outputs import check_writable
 from date.runtime.preemption import checkpoint_on_signal
-from date.runtime.run_dir_lock import run_dir_lock
+from date.runtime.run_dir_lock import LOCK_FILE, run_dir_lock
 from date.runtime.tracking import (GROUP_TAGS, RUN_ID_FILE, RunTracker, check_reachable, dataset_inputs, git_commit,
                                    mask_credentials, mlflow_run_name, read_or_create_sweep_id, resolve_uri)
 from date.trainer import FIGURE, FINAL_FLUSH_S, NonFiniteLossError, Trainer
@@ -50,21 +56,40 @@ def _sweep_id(hc) -> str:
     return uuid.uuid4().hex[:12]
 
 
+class _Job(NamedTuple):
+    """What :func:`_prepare` found: everything checked, the MLflow run started."""
+
+    device: torch.device
+    resolved: dict
+    resume_from: Optional[dict]
+    datasets: Optional[tuple]  # (train, val); None for a finished run
+    tracker: Optional[RunTracker]  # rank 0's MLflow run
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Train with the composed config ``cfg``; returns the final metrics."""
+    """Train with the composed config ``cfg``; returns the final metrics. Input refused before the MLflow run starts
+    leaves no run dir behind (the one Hydra created for it is removed)."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    try:
-        validate(cfg)
-    except ConfigError:
-        _remove_unused_run_dir(run_dir, hc)
-        raise
     dist_info = env_info()
-    with run_dir_lock(run_dir) if dist_info.is_main else contextlib.nullcontext():
-        return _run_locked(cfg, hc, run_dir, dist_info)
+    refused = False
+    try:
+        with run_dir_lock(run_dir) if dist_info.is_main else contextlib.nullcontext():
+            try:
+                job = _prepare(cfg, hc, run_dir, dist_info)
+            except INPUT_ERRORS:
+                refused = True
+                raise
+            return _run_job(cfg, hc, run_dir, dist_info, job)
+    finally:
+        if refused and dist_info.is_main:
+            _remove_unused_run_dir(run_dir, hc)
 
 
-def _run_locked(cfg: DictConfig, hc, run_dir: Path, dist_info) -> dict[str, float]:
+def _prepare(cfg: DictConfig, hc, run_dir: Path, dist_info) -> _Job:
+    """Check the config, the device, the checkpoint to resume, the MLflow store and the datasets; then start the
+    MLflow run (rank 0). Bad input raises one of INPUT_ERRORS before the MLflow run exists."""
+    validate(cfg)
     device = resolve_device(cfg.device, local_rank=dist_info.local_rank)
     init_distributed(device=device)
     log_to_rank_file(dist_info.rank)
@@ -80,28 +105,73 @@ def _run_locked(cfg: DictConfig, hc, run_dir: Path, dist_info) -> dict[str, floa
     uri = resolve_uri(cfg.tracking.uri)
     if dist_info.is_main:
         check_reachable(uri)  # fail fast, before datasets and model
-    datasets = None if finished else _datasets(cfg, dist_info)
+    datasets = None
+    if not finished:
+        datasets = _datasets(cfg, dist_info)
+        check_batch_size(len(datasets[0]), cfg.batch_size, dist_info.world_size)
     tracker = _start_tracker(cfg, hc, uri, run_dir, resume_from) if dist_info.is_main else None
-    try:
-        if finished:
-            return _report_finished(tracker, run_dir, resolved, resume_from)
-        # SLURM preemption / time limit: save, requeue, resume; SIGTERM / Ctrl-C elsewhere: save, say how to resume
-        with checkpoint_on_signal(_resume_command(hc)) as preemption:
-            metrics = _train(cfg, resolved, run_dir, device, dist_info, tracker, resume_from, *datasets,
+    return _Job(device, resolved, resume_from, datasets, tracker)
+
+
+def _run_job(cfg: DictConfig, hc, run_dir: Path, dist_info, job: _Job) -> dict[str, float]:
+    tracker, resolved = job.tracker, job.resolved
+    # SLURM preemption / time limit: save, requeue, resume; SIGTERM / Ctrl-C elsewhere: save, say how to resume.
+    # Deferred until the end of the run: a signal after the last iteration lets the run finish its final files.
+    with checkpoint_on_signal(_resume_command(hc)) as preemption:
+        try:
+            if job.datasets is None:
+                return _report_finished(tracker, run_dir, resolved, job.resume_from)
+            metrics = _train(cfg, resolved, run_dir, job.device, dist_info, tracker, job.resume_from, *job.datasets,
                              preemption=preemption)
-    except BaseException as exc:
+        except BaseException as exc:
+            if tracker is not None:
+                tracker.flush_until(10.0)
+                killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
+                _finish(tracker, run_dir, resolved, status="KILLED" if killed else "FAILED")
+            raise
         if tracker is not None:
-            tracker.flush_until(10.0)
-            killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
-            _finish(tracker, run_dir, resolved, status="KILLED" if killed else "FAILED")
-        raise
-    if tracker is not None:
-        if cfg.tracking.log_model:
-            _log_model(tracker, run_dir, datasets[1])
-        _finish(tracker, run_dir, resolved)
-    if dist_info.is_main:
-        _say_where(cfg, tracker, run_dir)
-    return metrics
+            if cfg.tracking.log_model:
+                _log_model(tracker, run_dir, job.datasets[1])
+            _finish(tracker, run_dir, resolved)
+        if dist_info.is_main:
+            _say_where(cfg, tracker, run_dir)
+        return metrics
+
+
+def check_batch_size(num_images: int, batch_size: int, world_size: int) -> None:
+    """One training step needs batch_size images per process (the last incomplete batch of an epoch is dropped)."""
+    if num_images // world_size < batch_size:
+        per = f" per process with {world_size} processes" if world_size > 1 else ""
+        raise ConfigError(f"batch_size={batch_size}: the training split has {num_images} images, fewer than one step "
+                          f"needs ({batch_size}{per}). Lower batch_size (at most {num_images // world_size}) or use a "
+                          "larger training split (dataset.num_train for the synthetic one).")
+
+
+def check_run(configs: Sequence[DictConfig], multirun: bool) -> None:
+    """What each job of the command would find wrong before its first step, checked by date.cli before Hydra creates
+    the run (or sweep) dir: that dir's place, the device (where the jobs run here), the backbone weights, the
+    dataset (the synthetic set's size against batch_size; other sets' paths) and the MLflow store."""
+    first = configs[0]
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    check_writable(Path(str(OmegaConf.select(first, key))), f"{key}={OmegaConf.select(first, key)}")
+    launcher = OmegaConf.select(first, "hydra.launcher", default={}) or {}
+    on_slurm = "slurm" in str(launcher.get("_target_", "")).lower()
+    world_size = (launcher.get("tasks_per_node") or 1) * (launcher.get("nodes") or 1) if on_slurm \
+        else env_info().world_size
+    done: set = set()
+    for cfg in configs:
+        if not on_slurm:  # SLURM's jobs run on other machines: their devices are not this one's
+            resolve_device(cfg.device, local_rank=env_info().local_rank)
+        for check, *args in ((check_weights, cfg.backbone.depth, cfg.backbone.weights),
+                             (check_reachable, resolve_uri(cfg.tracking.uri))):
+            if (check, *args) not in done:  # a sweep's jobs mostly share them: each loaded or probed once
+                done.add((check, *args))
+                check(*args)
+        if cfg.dataset.kind == "synthetic":
+            SyntheticParams.from_config(cfg.dataset)  # its own range checks (DatasetError)
+            check_batch_size(cfg.dataset.num_train, cfg.batch_size, world_size)
+        else:
+            check_dataset_paths(cfg.dataset)
 
 
 def _log_model(tracker: RunTracker, run_dir: Path, val_set) -> None:
@@ -128,11 +198,11 @@ def _say_where(cfg, tracker: RunTracker | None, run_dir: Path) -> None:
 
 
 def _remove_unused_run_dir(run_dir: Path, hc) -> None:
-    """A config refused before anything ran leaves no outputs/... dir behind: remove the run dir Hydra made
-    for it (its .hydra/ and log) and the empty folders above it, up to the launch directory's outputs/."""
+    """Input refused before anything ran leaves no outputs/... dir behind: remove the run dir Hydra made for it
+    (its .hydra/, log and lock) and the empty folders above it, up to the launch directory's outputs/."""
     if hc.mode == RunMode.MULTIRUN or not run_dir.is_dir():
         return
-    if not {p.name for p in run_dir.iterdir()} <= {hc.output_subdir, f"{hc.job.name}.log"}:
+    if not {p.name for p in run_dir.iterdir()} <= {hc.output_subdir, f"{hc.job.name}.log", LOCK_FILE}:
         return  # an earlier run's files: keep everything
     shutil.rmtree(run_dir, ignore_errors=True)
     outputs = Path.cwd() / "outputs"
@@ -263,5 +333,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
         cleanup()
 
 
+ENTRYPOINT = Entrypoint(module="date.train", config_name="config", schema=TrainConfig, check_config=validate,
+                        check_run=check_run)
+
 if __name__ == "__main__":
-    main()
+    cli.main(ENTRYPOINT, main)

@@ -212,9 +212,12 @@ class Trainer:
         with logging_redirect_tqdm():
             while self.state["global_iter"] < self.total_iters:
                 self._train_epoch(bar)
-                self._end_epoch()
+                self._end_epoch(bar)
         bar.close()
         return self._finish()
+
+    def _stop_requested(self) -> bool:
+        return self.preemption is not None and self.preemption.requested(self.device)
 
     def _train_epoch(self, bar: tqdm) -> None:
         epoch, start_iter = self.state["epoch"], self.state["iter_in_epoch"]
@@ -224,8 +227,8 @@ class Trainer:
             g = self.state["global_iter"]
             if g >= self.total_iters:
                 break
-            if self.preemption is not None and self.preemption.requested(self.device):
-                self._hand_over(bar, epoch, it)
+            if self._stop_requested():
+                self._hand_over(bar)
             losses, values = self._step(images, targets, epoch, it)
             self.state["global_iter"] = g = g + 1
             self.state["iter_in_epoch"] = it + 1
@@ -314,14 +317,17 @@ class Trainer:
         self.window_seconds = 0.0
         return img_s
 
-    def _end_epoch(self) -> None:
-        """After an epoch (or max_iters): evaluate when due, then checkpoint."""
+    def _end_epoch(self, bar: tqdm) -> None:
+        """After an epoch (or max_iters): evaluate when due, then checkpoint (and stop there if a stop signal came
+        meanwhile, e.g. during the evaluation)."""
         self._check_weights()  # before evaluating or saving them
         epochs_done = self.state["epoch"] + 1
         self.state["epoch"], self.state["iter_in_epoch"] = epochs_done, 0
         done = self.state["global_iter"] >= self.total_iters
         if epochs_done % self.cfg.eval_every == 0 or done:
             self.evaluate(epochs_done, subset=None if done else self.cfg.eval_subset)
+        if not done and self._stop_requested():
+            self._hand_over(bar)
         if not done:
             self.save_last()
         self.last_tick = time.perf_counter()
@@ -334,7 +340,10 @@ class Trainer:
         branches = [None]
         if self.cfg.eval_o2m_branch and self.model.inference_branch != "o2m" and "o2m" in self.model.head.branches:
             branches.append("o2m")
-        per_branch, image_ids = self._predict_val(branches, subset)
+        images = len(self.val_set) if subset is None else min(subset, len(self.val_set))
+        log.info("Evaluating after epoch %d on %d val images%s", epochs_done, images,
+                 "" if images == len(self.val_set) else f" of {len(self.val_set)} (eval_subset)")
+        per_branch, image_ids = self._predict_val(branches, images)
         if not self.dist.is_main:
             return
         results = per_branch[0]
@@ -355,10 +364,9 @@ class Trainer:
         log.info("Evaluation after epoch %d (%d val images): AP %.4f  AP50 %.4f  AP75 %.4f", epochs_done,
                  len(set(image_ids)), stats["AP"], stats["AP50"], stats["AP75"])
 
-    def _predict_val(self, branches: list[str | None], subset: Optional[int]) -> tuple[list[list[dict]], list[int]]:
-        """Every process predicts its shard of the val split (or of its first ``subset`` images); all of it,
-        gathered, on rank 0 (the records of each of ``branches``, the image ids)."""
-        size = len(self.val_set) if subset is None else min(subset, len(self.val_set))
+    def _predict_val(self, branches: list[str | None], size: int) -> tuple[list[list[dict]], list[int]]:
+        """Every process predicts its shard of the first ``size`` val images; all of it, gathered, on rank 0 (the
+        records of each of ``branches``, the image ids)."""
         # Workers do not persist between evaluations: the training loader's workers, forked in between, would
         # inherit a live eval iterator and fail to shut its workers down when they exit.
         if size not in self.eval_loaders:
@@ -400,13 +408,14 @@ class Trainer:
             raise non_finite_error(f"weights after iteration {self.state['global_iter']}: {examples(bad, 3)}",
                                    last_checkpoint=self.run_dir / ckpt.LAST)
 
-    def _hand_over(self, bar: tqdm, epoch: int, it: int) -> None:
-        """A stop signal arrived: the state is that of the iteration boundary, so this batch is drawn again
+    def _hand_over(self, bar: tqdm) -> None:
+        """A stop signal arrived: the state is that of the iteration boundary, so the batch not yet drawn is drawn
         after the resume."""
         self.save_last()
         purpose = " for requeueing" if isinstance(self.preemption, CheckpointSignal) else ""
         log.info("Checkpoint written%s: %s at epoch %d iter %d (global iteration %d/%d)", purpose,
-                 self.run_dir / ckpt.LAST, epoch, it, self.state["global_iter"], self.total_iters)
+                 self.run_dir / ckpt.LAST, self.state["epoch"], self.state["iter_in_epoch"], self.state["global_iter"],
+                 self.total_iters)
         bar.close()
         self.preemption.hand_over()
 

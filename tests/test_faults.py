@@ -54,21 +54,24 @@ def _wait_for(predicate, proc, timeout=300.0, what="") -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _train_then_signal(args: list[str], run_dir: Path, tmp_path: Path, env: dict, *, iteration: int,
-                       signum: int, whole_group: bool = False, while_training=None) -> str:
-    """Start `python -m date.train <args>`, send ``signum`` once ``iteration`` is logged (to its process group,
-    as a terminal's Ctrl-C, when ``whole_group``); return its output after checking its exit code 128 + signum."""
+def _train_then_signal(args: list[str], run_dir: Path, tmp_path: Path, env: dict, *, iteration: int = 0,
+                       signum: int, whole_group: bool = False, while_training=None, when: str = "",
+                       returncode: int | None = None) -> str:
+    """Start `python -m date.train <args>`, send ``signum`` once ``iteration`` (or the text ``when``) is logged (to
+    its process group, as a terminal's Ctrl-C, `timeout` or scancel send it, when ``whole_group``); return its output
+    after checking its exit code (default 128 + signum)."""
     log = run_dir / "train.log"
+    when = when or f"iter: {iteration}/"
     with open(tmp_path / "first.out", "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "date.train", *args], cwd=tmp_path, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=whole_group)
         try:
-            _wait_for(lambda: log.exists() and f"iter: {iteration}/" in log.read_text(), proc,
-                      what=f"iteration {iteration}")
+            _wait_for(lambda: log.exists() and when in log.read_text(), proc, what=repr(when))
             if while_training is not None:
                 while_training(proc)
             os.killpg(proc.pid, signum) if whole_group else os.kill(proc.pid, signum)
-            assert proc.wait(timeout=300) == 128 + signum
+            assert proc.wait(timeout=300) == (128 + signum if returncode is None else returncode), \
+                (tmp_path / "first.out").read_text()[-3000:]
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -203,6 +206,43 @@ def test_ctrl_c_finishes_the_iteration_writes_last_pth_and_resumes(tmp_path, tra
     resumed = run_module("date.train", args, env=train_env, cwd=tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert ckpt.load(run_dir / ckpt.LAST)["finished"]
+
+
+def test_sigterm_to_the_process_group_writes_last_pth_at_that_iteration(tmp_path, train_env):
+    # `timeout`, systemd, scancel and supervisors signal the whole group: the loader worker gets it too
+    run_dir = tmp_path / "run"
+    args = [*LONG, f"hydra.run.dir={run_dir}"]
+    output = _train_then_signal(args, run_dir, tmp_path, train_env, iteration=3, signum=signal.SIGTERM,
+                                whole_group=True)
+    assert "Traceback" not in output and "DataLoader worker" not in output, output[-3000:]
+    assert 3 <= ckpt.load(run_dir / ckpt.LAST)["global_iter"] < TOTAL_ITERS
+    assert "Stopped by SIGTERM; last.pth is written. Resume with: python -m date.train " + " ".join(args) in output
+    client = MlflowClient(train_env["MLFLOW_TRACKING_URI"])
+    assert client.get_run((run_dir / "mlflow_run_id").read_text().strip()).info.status == "KILLED"
+
+
+def test_sigterm_to_the_process_group_during_evaluation_stops_after_it(tmp_path, train_env):
+    # 12 val images in batches of 2 through a loader worker: the signal lands while the evaluation loads them
+    run_dir = tmp_path / "run"
+    args = [*LONG, "dataset.num_val=12", f"hydra.run.dir={run_dir}"]
+    output = _train_then_signal(args, run_dir, tmp_path, train_env, when="Evaluating after epoch 1",
+                                signum=signal.SIGTERM, whole_group=True)
+    assert "Traceback" not in output and "DataLoader worker" not in output, output[-3000:]
+    saved = ckpt.load(run_dir / ckpt.LAST)
+    assert saved["global_iter"] == TOTAL_ITERS // 2 and [e["epoch"] for e in saved["eval_history"]] == [1]
+    assert "Checkpoint written: " in output and "Stopped by SIGTERM; last.pth is written. Resume with:" in output
+
+
+def test_sigterm_to_the_process_group_during_the_final_save_lets_the_run_finish(tmp_path, train_env):
+    run_dir = tmp_path / "run"
+    args = [*SMOKE, "num_workers=1", f"hydra.run.dir={run_dir}"]
+    output = _train_then_signal(args, run_dir, tmp_path, train_env, when="Evaluation after epoch 2",
+                                signum=signal.SIGTERM, whole_group=True, returncode=0)
+    assert "Traceback" not in output, output[-3000:]
+    assert "The SIGTERM arrived after the last iteration: the run finished and is saved" in output
+    assert ckpt.load(run_dir / ckpt.LAST)["finished"] and (run_dir / ckpt.FINAL).exists()
+    client = MlflowClient(train_env["MLFLOW_TRACKING_URI"])
+    assert client.get_run((run_dir / "mlflow_run_id").read_text().strip()).info.status == "FINISHED"
 
 
 def _coco_json_copy(tmp_path: Path) -> list[str]:

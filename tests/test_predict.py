@@ -63,6 +63,8 @@ def test_detections_are_the_evaluations_and_every_image_is_drawn(trained, env, t
     result = _predict([f"checkpoint={checkpoint}", f"images={folder}", f"out={tmp_path / 'out'}", "score_thresh=0",
                        "batch_size=3"], env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing else in the working directory
+    assert "detections on" in (tmp_path / "out" / "predict.log").read_text()  # its log is in out=
 
     gt = COCO(str(tmp_path / "out" / "images.json"))
     detections = gt.loadRes(str(tmp_path / "out" / "detections.json"))  # a valid COCO result set for those images
@@ -90,6 +92,18 @@ def test_detections_are_the_evaluations_and_every_image_is_drawn(trained, env, t
         name = os.path.basename(path)
         drawn, original = _pixels(tmp_path / "out" / name), _pixels(path)
         assert drawn.shape == original.shape and not torch.equal(drawn, original)  # 100 boxes drawn on each
+
+
+def test_evaluate_writes_out_alone_and_replaces_an_earlier_evaluation(trained, env, tmp_path):
+    checkpoint, _ = trained
+    args = [f"checkpoint={checkpoint}", "num_workers=0", "device=cpu", f"out={tmp_path / 'eval.json'}"]
+    results = []
+    for _ in range(2):  # the second finds the first's file: its own kind, replaced without asking
+        result = run_module("date.evaluate", args, env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results.append(json.loads((tmp_path / "eval.json").read_text()))
+    assert results[0] == results[1] and len(results[0]) == 12
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]  # no outputs/evaluate/<time>/
 
 
 def test_unreadable_image_is_named_and_the_others_are_processed(trained, env, tmp_path):

@@ -8,18 +8,34 @@ from conftest import SMOKE, free_port, run_module
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["assigner=nope"], ["Could not find 'assigner/nope'", "dual", "o2o"]),
+    (["assigner=nope"], ["assigner=nope: the assigner group has no option 'nope'; its options are dual, dual_topk, "
+                         "o2m, o2o (conf/assigner/)"]),
+    (["assigner=dula"], ["Did you mean assigner=dual?"]),
     (["schedule.epochs=-1"], ["schedule.epochs=-1", ">= 1"]),
-    (["schedule.epoch=3"], ["schedule.epoch", "not in 'ScheduleConfig'"]),
+    (["schedule.epoch=3"], ["Unknown config key for date.train: schedule.epoch (did you mean schedule.epochs?)"]),
+    (["+optim.lrr=0.1"], ["Unknown config key for date.train: optim.lrr (did you mean optim.lr?)"]),
+    (["optim.lrr=0.1"], ["Unknown config key for date.train: optim.lrr (did you mean optim.lr?)"]),
+    (["lr=0.1"], ["lr (did you mean optim.lr?)"]),
+    (["+optim.lr=0.1"], ["+optim.lr: optim.lr exists already, and '+' adds a new key. Set it without the '+'"]),
+    (["batch_size=abc"], ["batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer"]),
+    (["assigner.mode=foo"], ["assigner.mode=foo: Invalid value 'foo', expected one of [o2m, o2o, dual]"]),
     (["dataset=coco", "dataset.root=/nonexistent/coco"], ["dataset.root=/nonexistent/coco", "COCO 2017"]),
+    (["dataset=coco"], ["dataset=coco needs dataset.root, which is not set"]),
+    (["device=cuda:7"], ["device=cuda:7: this process sees"]),
+    (["batch_size=1000"], ["batch_size=1000: the training split has 224 images, fewer than one step needs"]),
+    (["hydra.run.dir=/proc/x"], ["hydra.run.dir=/proc/x: nothing can be written in /proc"]),
+    (["-m", "seed=0,1", "optim.lr=1,-1"], ["optim.lr=-1.0: expected > 0"]),  # a sweep: every job, before launching
+    (["--cfg", "job", "optim.lr=-1"], ["optim.lr=-1.0: expected > 0"]),  # printing only a config that would run
 ])
 def test_bad_input_is_one_clear_message(args, expected, tmp_path, train_env):
+    """Refused before Hydra creates anything (date/cli.py): exit code 2, one paragraph, nothing left behind."""
     result = run_module("date.train", args, env=train_env, cwd=tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stderr[-3000:]
+    [message] = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     for text in expected:
-        assert text in result.stderr, result.stderr
+        assert text in message, message
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    assert not (tmp_path / "mlflow.db").exists()  # refused before any run was created
+    assert list(tmp_path.iterdir()) == []  # no outputs/ or multirun/ dir, no MLflow store
 
 
 @pytest.mark.parametrize("sweep", [[], ["-m", "seed=0,1"]], ids=["run", "sweep"])
@@ -34,6 +50,7 @@ def test_unreachable_tracking_server_fails_fast(sweep, tmp_path, train_env):
     assert message.startswith(f"Error: The MLflow tracking server {url} is unreachable")
     assert "Traceback" not in result.stderr and "Launching" not in result.stdout + result.stderr
     assert not list(tmp_path.glob("**/last.pth")) and not list(tmp_path.glob("multirun/**/train.log"))  # no job ran
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()  # no run or sweep dir
 
 
 def test_sweep_gives_one_tagged_run_per_job_with_a_shared_sweep_id(tmp_path, train_env, mlflow_server):
@@ -80,7 +97,7 @@ def test_sweep_gives_one_tagged_run_per_job_with_a_shared_sweep_id(tmp_path, tra
 
     # the checkpoint evaluates alone to the run's final numbers
     result = run_module("date.evaluate", [f"checkpoint={job_dirs[0] / 'model_final.pth'}", "num_workers=0",
-                                          f"output={tmp_path / 'eval.json'}"], env=train_env, cwd=tmp_path)
+                                          f"out={tmp_path / 'eval.json'}"], env=train_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in result.stdout
     stats = json.loads((tmp_path / "eval.json").read_text())

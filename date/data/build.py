@@ -17,7 +17,7 @@ from .errors import DatasetError
 from .synthetic import SyntheticParams, ensure_synthetic
 from .transforms import build_transforms
 
-__all__ = ["DatasetConfig", "build_datasets", "build_val_dataset", "transform_sizes"]
+__all__ = ["DatasetConfig", "build_datasets", "build_val_dataset", "check_dataset_paths", "transform_sizes"]
 
 
 class DatasetKind(Choice):
@@ -129,6 +129,13 @@ def _checked_paths(cfg: Any, splits: Sequence[str]) -> dict[str, tuple[Path, Pat
         _check_path(paths[split][0], f"{prefix}{split}_ann", folder=False)
         _check_path(paths[split][1], f"{prefix}{split}_images", folder=True)
     return paths
+
+
+def check_dataset_paths(cfg: Any) -> None:
+    """The keys, annotation files and image folders of a coco / coco_json ``dataset`` node exist (DatasetError); a few
+    stat calls, for checking a command before anything is created. The synthetic set needs none (it is generated)."""
+    if cfg.kind != "synthetic":
+        _checked_paths(cfg, ["train", "val"])
 
 
 def _dataset(cfg: Any, paths: tuple[Path, Path], *, train: bool, augmentation: str = "1x") -> CocoDetection:

@@ -98,10 +98,12 @@ class EvalBatchSampler(Sampler[list[int]]):
 
 
 def _seed_worker(worker_id: int) -> None:
-    # Ctrl-C reaches the terminal's whole process group: the training process stops at an iteration boundary
-    # and shuts its workers down itself (a worker that died of it would fail the batch being loaded). SIGTERM
-    # stays as it is: it is how the loader and multiprocessing stop workers.
+    # Ctrl-C, `timeout`, systemd, scancel and job supervisors signal the whole process group: the training
+    # process decides (it stops at an iteration boundary and shuts its workers down itself); a worker that died
+    # of the signal would fail the batch being loaded. The loader stops its workers with a sentinel, and a
+    # worker whose parent is gone exits on its own (torch's watchdog), so ignoring SIGTERM loses no way out.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # torch seeds each worker from the loader's generator; numpy / random follow it (augmentation
     # itself is seeded per sample, this only covers stray library randomness)
     s = torch.initial_seed() % 2**32

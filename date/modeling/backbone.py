@@ -55,6 +55,14 @@ def build_resnet_fpn(*, depth: int, weights: str, fpn_channels: int) -> Backbone
     )
 
 
+def check_weights(depth: int, weights: str) -> None:
+    """Load and check ``backbone.weights`` as :func:`build_resnet_fpn` will (BackboneWeightsError), before anything is
+    created: a missing, unreadable or mismatched file fails the command at once, not after the run has started."""
+    if weights != "none":
+        constructor, imagenet = RESNETS[depth]
+        _pretrained_state_dict(depth, weights, constructor, imagenet)
+
+
 def _pretrained_state_dict(depth: int, weights: str, constructor, imagenet: models.WeightsEnum) -> dict:
     if weights == "imagenet":
         try:
@@ -77,7 +85,10 @@ def _pretrained_state_dict(depth: int, weights: str, constructor, imagenet: mode
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and tensor errors all mean the same: not a usable file
-        raise BackboneWeightsError(f"backbone.weights={path}: cannot be read as a state dict ({error}).") from None
+        raise BackboneWeightsError(
+            f"backbone.weights={path}: torch.load cannot read it ({type(error).__name__}: {error}), so it is no "
+            f"state dict saved by torch.save, or it is damaged. Pass the .pth file of a torchvision ResNet-{depth}, "
+            "imagenet, or none.") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     reference = constructor(weights=None).state_dict()
     # The classifier is unused, and BatchNorm's step counters are absent from older files.

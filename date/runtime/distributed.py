@@ -59,15 +59,31 @@ def env_info() -> DistInfo:
                     local_rank=int(os.environ.get("LOCAL_RANK", 0)))
 
 
+class DeviceError(ValueError):
+    """The ``device`` asked for is not available to this process (a bad input: exit code 2, before any work)."""
+
+
 def resolve_device(device: str, *, local_rank: int = 0) -> torch.device:
-    """"auto" -> cuda:<local rank> if CUDA is available, else cpu.
+    """"auto" -> cuda:<local rank> if CUDA is available, else cpu; DeviceError for a device this process cannot use.
 
     A process that sees a single GPU (SLURM binding one GPU per task) uses it whatever its local rank.
     """
+    asked = device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        device = f"cuda:{0 if torch.cuda.device_count() == 1 else local_rank}"
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device == "cuda":
+            device = f"cuda:{0 if count == 1 else local_rank}"
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            seen = (f"sees {count} CUDA device(s), cuda:0..cuda:{count - 1}" if count else
+                    f"sees no CUDA device (torch {torch.__version__}, built for CUDA {torch.version.cuda}; "
+                    f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+            raise DeviceError(f"device={asked}: this process {seen}, so it cannot use {device}. Pass device=auto "
+                              "(a GPU if there is one, else the CPU) or device=cpu, or run on a machine with the GPU.")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("device=mps: Apple's Metal backend is not available here. Pass device=auto or device=cpu.")
     return torch.device(device)
 
 

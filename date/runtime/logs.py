@@ -54,6 +54,16 @@ def log_to_rank_file(rank: int) -> Optional[Path]:
     return None
 
 
+def log_to_file(path: Path) -> None:
+    """Also write the root logger's records to ``path``, formatted as its first handler formats them (the console's);
+    for entrypoints whose log file goes into their own output folder, once that folder is known to be theirs."""
+    root = logging.getLogger()
+    handler = logging.FileHandler(path)
+    if root.handlers:
+        handler.setFormatter(root.handlers[0].formatter)
+    root.addHandler(handler)
+
+
 def job_log_file() -> Optional[Path]:
     """The file the root logger writes to (Hydra's `<run dir>/<job name>.log`), if any."""
     for handler in logging.getLogger().handlers:

@@ -135,6 +135,9 @@ def checkpoint_on_signal(resume_command: str) -> Iterator[Optional[CheckpointSig
         hook = StopOnSignal(resume_command)
         with _handlers({signal.SIGTERM: hook._record, signal.SIGINT: hook._record}):
             yield hook
+        if hook.received and not hook.handed_over:
+            log.info("The %s arrived after the last iteration: the run finished and is saved; there is nothing to "
+                     "resume.", signal.Signals(hook.signum).name)
         return
     hook = CheckpointSignal(signum, signal.getsignal(signum))
     with _handlers({signum: hook._record}):

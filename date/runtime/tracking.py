@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig
 
+from date.runtime.outputs import sqlite_problem
 from date.runtime.sweep_guard import LaunchCheck
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,9 @@ def check_reachable(uri: str, *, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         except OSError as exc:
             raise TrackingError(f"Cannot create the folder of the MLflow store {uri}: {exc}. Set DATE_HOME, "
                                 "MLFLOW_TRACKING_URI or tracking.uri to a writable place.") from None
+        if (problem := sqlite_problem(path)) is not None:
+            raise TrackingError(f"The MLflow store {uri} cannot be used: {problem}. Set DATE_HOME, MLFLOW_TRACKING_URI "
+                                "or tracking.uri to a writable place. Nothing was trained.")
 
 
 def ensure_experiment(uri: str, name: str) -> str:

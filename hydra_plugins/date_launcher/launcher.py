@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import List, Sequence
 
@@ -33,6 +35,13 @@ from date.runtime.tracking import SWEEP_ID_FILE, resolve_uri
 
 log = logging.getLogger(__name__)
 
+# sbatch's words when it cannot reach the controller (a refusal that no hydra.launcher key can fix)
+CONTROLLER_DOWN = re.compile(r"unable to contact slurm controller|connection refused|socket timed out|connect failure",
+                             re.IGNORECASE)
+# What a launch writes into its sweep dir before sbatch answers: Hydra's multirun.yaml, the sweep id
+# (date.runtime.tracking.SweepCallback) and submitit's folder with the pickled jobs
+LAUNCH_FILES = {"multirun.yaml", SWEEP_ID_FILE, ".submitit"}
+
 
 class SweepJobsFailed(CompactHydraException):
     """Some jobs of a sweep failed (Hydra prints only this message, no traceback of internals)."""
@@ -46,7 +55,10 @@ def _refusal_message(sbatch_error: str, params: dict) -> str:
     """What sbatch said and the launcher key to change: the GPUs asked for by default (one per task) are the
     usual cause on a CPU-only partition, any other refusal names an sbatch option set by hydra.launcher.*."""
     said = "\n  ".join(line.strip() for line in sbatch_error.splitlines() if line.strip()) or "(no error message)"
-    if "gres" in sbatch_error.lower() or "gpu" in sbatch_error.lower():
+    if CONTROLLER_DOWN.search(sbatch_error):
+        hint = ("The SLURM controller (slurmctld) is down or unreachable: the sweep's options are not at fault. "
+                "Check it with `scontrol ping` or `sinfo`, start it or wait for it, then rerun the same command.")
+    elif "gres" in sbatch_error.lower() or "gpu" in sbatch_error.lower():
         hint = (f"The launcher asks for hydra.launcher.gpus_per_node={params.get('gpus_per_node')} GPUs per node "
                 "(default: one per task); on a partition without GPUs set hydra.launcher.gpus_per_node=null "
                 "(or pick a GPU partition: hydra.launcher.partition=...).")
@@ -54,6 +66,23 @@ def _refusal_message(sbatch_error: str, params: dict) -> str:
         hint = ("Change the sbatch option it names: the hydra.launcher.* keys (conf/hydra/launcher/slurm.yaml, "
                 "or override them on the command line).")
     return f"sbatch refused the sweep's job array, nothing was submitted:\n  {said}\n{hint}"
+
+
+def remove_unlaunched_sweep_dir(sweep_dir: Path) -> bool:
+    """A sweep sbatch refused leaves no sweep dir behind: remove it (and the empty folders above it, up to the launch
+    directory) when it holds only what this launch wrote there (LAUNCH_FILES). True if removed."""
+    sweep_dir = sweep_dir.absolute()
+    if not sweep_dir.is_dir() or not {p.name for p in sweep_dir.iterdir()} <= LAUNCH_FILES:
+        return False  # an earlier launch's jobs: keep everything
+    shutil.rmtree(sweep_dir, ignore_errors=True)
+    for parent in sweep_dir.parents:
+        if parent == Path.cwd() or Path.cwd() not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            break
+    return True
 
 
 def _task_rank() -> int:
@@ -144,6 +173,7 @@ class _SweepReport:
         try:
             return executor.map_array(self, *zip(*args))
         except submitit.core.utils.FailedJobError as exc:  # sbatch exited non-zero; its stderr is the message
+            remove_unlaunched_sweep_dir(sweep_dir)
             raise SubmissionRefused(_refusal_message(str(exc), self.params)) from exc
 
 

@@ -7,13 +7,28 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import re
 import sys
 import tempfile
 import time
 from typing import Optional, Sequence
 
-from date.config import compose_config
+from date.cli import Entrypoint, compose_checked
+from date.config import TrainConfig, validate
 from date.data.synthetic import CACHE_ENV, SyntheticParams, describe, ensure_synthetic, resolve_cache_dir
+from date.errors import INPUT_ERRORS
+from date.runtime.logs import errors_as_messages
+
+# Bad overrides (an unknown key, a wrong type, a value out of range, an unknown --preset) are one `Error:` paragraph
+# with exit code 2, as in date.train, whose config (and checks of the dataset node) this command composes.
+ENTRYPOINT = Entrypoint(module="date.data.synthetic", config_name="config", schema=TrainConfig, check_config=validate,
+                        keys_listed_by="python -m date.train --help")
+
+
+def _dataset_key(override: str) -> str:
+    """A dataset key may be written short (num_train=500, +num_train=...) or as date.train takes it; model.* as is."""
+    prefix, rest = re.fullmatch(r"([+~]*)(.*)", override, flags=re.S).groups()
+    return override if rest.startswith(("model.", "dataset.")) else f"{prefix}dataset.{rest}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -28,11 +43,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="overrides dataset.cache_dir and $" + CACHE_ENV)
     parser.add_argument("overrides", nargs="*", help="dataset keys, e.g. num_train=500 (or dataset.num_train=500), or model.size_of_interest=[...]")
     args = parser.parse_args(argv)
+    with errors_as_messages(dict.fromkeys(INPUT_ERRORS, 2)):
+        return _generate(args)
 
-    # an override of model.size_of_interest=[...] (the FCOS ranges the statistics use) passes as it is, and a
-    # dataset key may be written as date.train takes it (dataset.num_train=500) or short (num_train=500)
-    composed = compose_config([f"dataset={args.preset}",
-                               *(o if o.startswith(("model.", "dataset.")) else f"dataset.{o}" for o in args.overrides)])
+
+def _generate(args: argparse.Namespace) -> int:
+    # an override of model.size_of_interest=[...] (the FCOS ranges the statistics use) passes as it is
+    composed = compose_checked(ENTRYPOINT, [f"dataset={args.preset}", *map(_dataset_key, args.overrides)])
     cfg = composed.dataset
     params = SyntheticParams.from_config(cfg)
     with contextlib.ExitStack() as stack:
