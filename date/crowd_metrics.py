@@ -114,16 +114,14 @@ def match_image(gt: ImageGT, dt: ImageDT) -> tuple[np.ndarray, np.ndarray]:
     iou = iou_matrix(boxes, persons)  # [D, P]
     absorbed = _inside_ignore(boxes, ignores)  # [D]
     taken = np.zeros(len(persons), bool)
-    status = np.zeros(len(boxes), np.int8)  # 1: true positive, 0: false positive, -1: dropped (ignore region)
-    for d in range(len(boxes)):
-        if len(persons):
-            free = np.where(taken, -np.inf, iou[d])
-            best = int(np.argmax(free))  # argmax: the first on ties
-            if free[best] > IOU_THRESH:
-                taken[best], status[d] = True, 1
-                continue
-        if absorbed[d]:
-            status[d] = -1
+    # 1: true positive, 0: false positive, -1: dropped (ignore region); what it is unless it takes a person
+    status = np.where(absorbed, -1, 0).astype(np.int8)  # [D]
+    could_match = np.flatnonzero(iou.max(axis=1) > IOU_THRESH) if len(persons) else []  # the loop skips the rest
+    for d in could_match:  # ascending index = descending score
+        free = np.where(taken, -np.inf, iou[d])  # [P]
+        best = int(np.argmax(free))  # argmax: the first on ties
+        if free[best] > IOU_THRESH:
+            taken[best], status[d] = True, 1
     keep = status >= 0
     return scores[keep], status[keep] == 1
 
