@@ -94,3 +94,9 @@ def test_gt_and_dt_are_required(tmp_path):
 
     with pytest.raises(ConfigError, match=r"Not set: gt, dt\. Pass gt=<ground-truth \.odgt> dt=<detection \.odgt>"):
         _run()
+
+
+def test_a_missing_file_is_named(tmp_path):
+    gt, _, _ = _files(tmp_path)
+    with pytest.raises(DatasetError, match=r"The odgt file \S+nothing\.odgt does not exist\. Check the path \(gt= / dt="):
+        _run(f"gt={gt}", f"dt={tmp_path / 'nothing.odgt'}")

@@ -64,8 +64,8 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
     try:
         handle = open(path, encoding="utf-8")
     except FileNotFoundError:
-        raise DatasetError(f"The odgt file {path} does not exist. Check the path (dataset.root must hold "
-                           "annotation_train.odgt, annotation_val.odgt and Images/).") from None
+        raise DatasetError(f"The odgt file {path} does not exist. Check the path (gt= / dt= of "
+                           "date.crowdhuman_eval; dataset.root holds annotation_{train,val}.odgt).") from None
     except OSError as e:
         raise DatasetError(f"Cannot read the odgt file {path}: {e}.") from None
     with handle:
