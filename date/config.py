@@ -255,11 +255,22 @@ class EvaluateConfig:
     overwrite: bool = False  # true: out= may replace an existing file that is not an earlier evaluation JSON
 
 
+@dataclass
+class CrowdEvalConfig:
+    """Schema of conf/crowdhuman_eval.yaml (``python -m date.crowdhuman_eval gt=... dt=...``)."""
+
+    gt: str = MISSING  # ground-truth .odgt (official format), each line with height and width unless images= (required)
+    dt: str = MISSING  # detection .odgt: one line per image {"ID": ..., "dtboxes": [{"box": [x,y,w,h], "score": s}]}
+    images: Optional[str] = None  # folder of <ID>.jpg: read the image sizes from the headers instead of the gt lines
+    out: Optional[str] = None  # also write {"AP", "mMR", "JI", "recall"} (fractions) as JSON to this path
+
+
 def register() -> None:
     """Put the schemas into Hydra's ConfigStore and the run-dir resolver into OmegaConf."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="crowdhuman_eval_schema", node=CrowdEvalConfig)
     if not OmegaConf.has_resolver("date.run_name"):
         OmegaConf.register_new_resolver("date.run_name", run_name)
 

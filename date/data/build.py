@@ -13,6 +13,7 @@ from typing import Any, List, Optional, Sequence
 from date.choice import Choice
 
 from .coco import CocoDetection
+from .crowdhuman import CrowdHumanDetection
 from .errors import DatasetError
 from .synthetic import SyntheticParams, ensure_synthetic
 from .transforms import build_transforms
@@ -24,6 +25,7 @@ class DatasetKind(Choice):
     synthetic = "synthetic"  # the embedded benchmark, generated into the cache
     coco = "coco"  # COCO 2017 layout under dataset.root
     coco_json = "coco_json"  # any COCO-format data: two annotation files and their image folders
+    crowdhuman = "crowdhuman"  # CrowdHuman's odgt layout under dataset.root (date/data/crowdhuman.py)
 
 
 @dataclass
@@ -35,13 +37,15 @@ class DatasetConfig(SyntheticParams):
     """
 
     kind: DatasetKind = DatasetKind.synthetic  # set by the preset; leave it
-    # coco: COCO 2017 layout under root; coco_json: the four paths below
+    # coco: COCO 2017 layout under root; crowdhuman: the folder of annotation_{train,val}.odgt and Images/;
+    # coco_json: the four paths below
     root: Optional[str] = None
     train_ann: Optional[str] = None  # training annotation JSON
     train_images: Optional[str] = None  # folder the training file_names are relative to
     val_ann: Optional[str] = None  # validation annotation JSON (needs annotations)
     val_images: Optional[str] = None  # folder the validation file_names are relative to
-    # synthetic: where datasets are cached; null: $DATE_DATA_CACHE, else ~/.cache/date
+    # synthetic: where datasets are cached; crowdhuman: where the image sizes are cached when root is read-only
+    # (else beside the odgt files); null: $DATE_DATA_CACHE, else ~/.cache/date
     cache_dir: Optional[str] = None
     # --- transforms (pixels)
     train_short_sizes: List[int] = field(default_factory=lambda: [128])  # 1x: short side drawn from this list
@@ -77,6 +81,15 @@ def _require(cfg: Any, keys: Sequence[str], kind: str) -> None:
         )
 
 
+def _root(cfg: Any, layout: str) -> Path:
+    """``dataset.root`` of a preset reading a fixed layout under it, checked to be a folder."""
+    _require(cfg, ["root"], str(cfg.kind))
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset.root={cfg.root} is not a folder. Point it at {layout}.")
+    return root
+
+
 def dataset_paths(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[str, tuple[Path, Path]]:
     """{split: (annotation file, image folder)} for ``cfg.kind``; generates the synthetic splits asked for.
 
@@ -87,22 +100,20 @@ def dataset_paths(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[st
         root = ensure_synthetic(SyntheticParams.from_config(cfg), cache_dir=cfg.cache_dir, splits=splits)
         return {split: (root / f"instances_{split}.json", root) for split in splits}
     if kind == "coco":
-        _require(cfg, ["root"], kind)
-        root = Path(cfg.root).expanduser()
-        if not root.is_dir():
-            raise DatasetError(
-                f"dataset.root={cfg.root} is not a folder. Point it at the COCO 2017 folder holding "
-                "annotations/instances_{train,val}2017.json, train2017/ and val2017/, or use "
-                "dataset=coco_json with explicit paths for other layouts."
-            )
+        root = _root(cfg, "the COCO 2017 folder holding annotations/instances_{train,val}2017.json, train2017/ and "
+                          "val2017/, or use dataset=coco_json with explicit paths for other layouts")
         return {split: (root / "annotations" / f"instances_{split}2017.json", root / f"{split}2017")
                 for split in splits}
+    if kind == "crowdhuman":
+        root = _root(cfg, "the CrowdHuman folder holding annotation_train.odgt, annotation_val.odgt and "
+                          "Images/<ID>.jpg (the official layout)")
+        return {split: (root / f"annotation_{split}.odgt", root / "Images") for split in splits}
     if kind == "coco_json":
         _require(cfg, [f"{split}_{key}" for split in splits for key in ("ann", "images")], kind)
         return {split: tuple(Path(getattr(cfg, f"{split}_{key}")).expanduser() for key in ("ann", "images"))
                 for split in splits}  # type: ignore[misc]
     raise DatasetError(f"dataset.kind={kind!r} is not one of {', '.join(k.value for k in DatasetKind)}. Pick a preset: "
-                       "dataset=synthetic | synthetic_large | coco | coco_json.")
+                       "dataset=synthetic | synthetic_large | coco | coco_json | crowdhuman.")
 
 
 def _check_path(path: Path, key: str, *, folder: bool) -> None:
@@ -141,6 +152,8 @@ def check_dataset_paths(cfg: Any) -> None:
 def _dataset(cfg: Any, paths: tuple[Path, Path], *, train: bool, augmentation: str = "1x") -> CocoDetection:
     ann, images = paths
     transforms = build_transforms(train=train, augmentation=augmentation, **transform_sizes(cfg))
+    if cfg.kind == "crowdhuman":
+        return CrowdHumanDetection(ann_file=ann, image_dir=images, transforms=transforms, cache_dir=cfg.cache_dir)
     return CocoDetection(ann_file=ann, image_dir=images, transforms=transforms)
 
 

@@ -230,7 +230,8 @@ class CocoDetection(torch.utils.data.Dataset):
     COCOeval), ``ann_file``, ``image_dir``, ``ids`` (image ids in file order).
 
     Everything that can be checked without decoding images is checked in the constructor
-    (raises DatasetError). ``require_annotations``: raise if the split has no box at all.
+    (raises DatasetError). ``require_annotations``: raise if the split has no box at all. ``data``: the
+    COCO dict itself, already parsed or built in memory (date.data.crowdhuman); None: read ``ann_file``.
     """
 
     def __init__(
@@ -240,11 +241,13 @@ class CocoDetection(torch.utils.data.Dataset):
         image_dir: str | os.PathLike,
         transforms: Optional[Callable[[Image.Image, dict], tuple[torch.Tensor, dict]]] = None,
         require_annotations: bool = True,
+        data: Optional[dict] = None,
     ) -> None:
         self.ann_file = Path(ann_file)
         self.image_dir = Path(image_dir)
         self.transforms = transforms
-        data = clean_annotations(read_annotation_file(self.ann_file), self.ann_file, self.image_dir)
+        data = clean_annotations(read_annotation_file(self.ann_file) if data is None else data, self.ann_file,
+                                 self.image_dir)
         if require_annotations and not any(not a["iscrowd"] for a in data["annotations"]):
             raise DatasetError(f"Annotation file {self.ann_file} has no usable (non-crowd) box annotations, "
                                "so it can be neither trained on nor evaluated. Point the split at an "

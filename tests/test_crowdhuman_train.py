@@ -1,0 +1,42 @@
+"""``python -m date.train dataset=crowdhuman``: a tiny odgt dataset goes through the existing training path (items,
+transforms, loader, COCO evaluation), and bad odgt input stops it before the model with one ``Error:`` paragraph."""
+from __future__ import annotations
+
+import re
+
+from conftest import run_module
+
+try:
+    from data_fixtures.crowdhuman import write_crowdhuman, write_odgt
+except ImportError:  # tests/ imported as a package
+    from tests.data_fixtures.crowdhuman import write_crowdhuman, write_odgt
+
+# 2 iterations of 2 images (schedule=smoke: 2 epochs), a COCO evaluation after each, a small head
+TINY = ["dataset.train_short_sizes=[64]", "dataset.max_size=96", "dataset.test_short_size=64", "schedule=smoke",
+        "batch_size=2", "num_workers=0", "log_every=1", "eval_every=1", "tracking.log_model=false",
+        "tracking.system_metrics=false", "backbone.fpn_channels=64", "model.num_convs=1"]
+
+
+def test_a_tiny_crowdhuman_dataset_trains(tmp_path, train_env):
+    root = write_crowdhuman(tmp_path / "crowdhuman")
+    result = run_module("date.train", ["dataset=crowdhuman", f"dataset.root={root}", *TINY], env=train_env,
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Datasets: 2 train / 2 val images, 1 classes" in output
+    assert re.search(r"Evaluation after epoch 2 \(2 val images\): AP \d\.\d{4}", output)
+    assert (root / "annotation_train.odgt.sizes.json").is_file()  # the header sizes, cached for the next run
+
+
+def test_bad_odgt_input_stops_before_the_model_with_one_message(tmp_path, train_env):
+    root = write_crowdhuman(tmp_path / "crowdhuman")
+    lines = (root / "annotation_train.odgt").read_text().splitlines()
+    write_odgt(root / "annotation_train.odgt", [lines[0], lines[1][:-20]])  # the 2nd line cut short
+    result = run_module("date.train", ["dataset=crowdhuman", f"dataset.root={root}", *TINY], env=train_env,
+                        cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert re.fullmatch(rf"Error: {re.escape(str(root))}/annotation_train\.odgt:2 is not valid JSON \(.*, column \d+\)\. "
+                        r"An \.odgt file holds one JSON record per line: fix or regenerate that line \(a truncated "
+                        r"download or copy is the usual cause\)\.", error)
+    assert "Model:" not in result.stdout + result.stderr  # stopped before the detector was built
