@@ -22,16 +22,26 @@ WIDTH = 120
 
 
 def field_comments(schema: type) -> dict[str, str]:
-    """{field: its comment}: the comment lines right above a field and the one at the end of its line, joined."""
+    """{field: its comment}: the comment lines right above a field and the one at the end of its line, joined; the
+    fields a dataclass inherits (DatasetConfig's from SyntheticParams) with their own class's comments."""
+    found: dict[str, str] = {}
+    for cls in reversed(schema.__mro__):
+        if dataclasses.is_dataclass(cls) and "__dataclass_fields__" in vars(cls):
+            found.update(_own_comments(cls))
+    return found
+
+
+def _own_comments(schema: type) -> dict[str, str]:
     source = textwrap.dedent(inspect.getsource(schema))
     comments = {tok.start[0]: tok.string.lstrip("#").strip()
                 for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    comments = {n: "" if text.startswith("---") else text for n, text in comments.items()}  # "--- section" titles
     names = {f.name for f in dataclasses.fields(schema)}
     found: dict[str, str] = {}
     above: list[str] = []
     for number, line in enumerate(source.splitlines()[1:], start=2):  # line 1: the class line
         if line.strip().startswith("#"):
-            above.append(comments.get(number, ""))
+            above += [comments[number]] if comments.get(number) else []
             continue
         name = re.match(r"\s+(\w+)\s*:", line)
         if name and name.group(1) in names:
@@ -69,8 +79,11 @@ def key_lines(schema: type, values: Any, sections: dict[str, type], prefix: str 
         if child is not None and (value is None or OmegaConf.is_dict(value)):
             lines += key_lines(child, value, sections, f"{path}.")
             continue
-        shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-        default = "???" if shown == "???" else repr(shown) if isinstance(shown, str) else shown
+        shown = OmegaConf.to_container(value, enum_to_str=True) if OmegaConf.is_config(value) else value
+        shown = shown.name if isinstance(shown, enum.Enum) else shown
+        missing = values is not None and OmegaConf.is_missing(values, f.name)
+        default = "??? (required)" if missing else "null" if shown is None else str(shown).lower() \
+            if isinstance(shown, bool) else shown
         spec = "; ".join(filter(None, [_kind(hints[f.name]), f.metadata.get("expected", "")]))
         lines.append(f"  {path} = {default}  ({spec})")
         if comments.get(f.name):
@@ -98,6 +111,6 @@ def schema_help(*, module: str, config_name: str, schema: type, usage: str, abou
         text += ["Config groups (group=option; conf/<group>/<option>.yaml):", *group_lines(groups, choices), ""]
     text += ["Keys (key=value on the command line; default, type and range, then what it does):",
              *key_lines(schema, cfg, sections or {}), "",
-             f"`python -m {module} --cfg job [overrides]` prints the composed config after the same checks. A key "
-             "that is not listed here is refused, with '+' too."]
+             *textwrap.wrap(f"`python -m {module} --cfg job [overrides]` prints the composed config after the same "
+                            "checks. A key that is not listed here is refused, with '+' too.", WIDTH)]
     return "\n".join(text)

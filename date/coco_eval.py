@@ -113,8 +113,8 @@ def predict_coco_branches(*, model: torch.nn.Module, loader: Iterable, label_to_
 
 
 def evaluate(*, model: torch.nn.Module, loader: Iterable, coco_gt: COCO, label_to_category_id: Sequence[int],
-             device: torch.device,
-             amp_dtype: Optional[torch.dtype] = None) -> tuple[dict[str, float], list[dict]]:
+             device: torch.device, amp_dtype: Optional[torch.dtype] = None,
+             label: str = "") -> tuple[dict[str, float], list[dict]]:
     """:func:`predict_coco` then :func:`coco_stats` (the table goes to the log).
 
     Returns:
@@ -122,12 +122,18 @@ def evaluate(*, model: torch.nn.Module, loader: Iterable, coco_gt: COCO, label_t
     """
     results, image_ids = predict_coco(model=model, loader=loader, label_to_category_id=label_to_category_id,
                                       device=device, amp_dtype=amp_dtype)
-    return score(coco_gt, results, image_ids), results
+    return score(coco_gt, results, image_ids, label=label), results
 
 
-def score(coco_gt: COCO, results: list[dict], image_ids: Sequence[int]) -> dict[str, float]:
-    """:func:`coco_stats` on the given images, logging the usual table."""
+def inference_label(branch: str) -> str:
+    """How the log names what a detector's inference scores: "the inference branch (o2o, no NMS)"."""
+    return f"the inference branch ({branch}{' + NMS' if branch == 'o2m' else ', no NMS'})"
+
+
+def score(coco_gt: COCO, results: list[dict], image_ids: Sequence[int], *, label: str = "") -> dict[str, float]:
+    """:func:`coco_stats` on the given images, logging the usual table, headed with ``label`` (what was evaluated:
+    training evaluates two branches, one table each)."""
     stats, table = coco_stats(coco_gt, results, image_ids)
-    log.info("COCO bbox evaluation on %d images, %d detections:\n%s", len(set(image_ids)), len(results),
-             table.rstrip())
+    log.info("COCO bbox evaluation%s on %d images, %d detections:\n%s", f" of {label}" if label else "",
+             len(set(image_ids)), len(results), table.rstrip())
     return stats

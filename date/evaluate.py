@@ -17,7 +17,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from date.coco_eval import evaluate
+from date.coco_eval import evaluate, inference_label
 from date import cli
 from date.config import ConfigError, EvaluateConfig, amp_setting, check_ranges
 from date.data.build import DatasetConfig, build_val_dataset
@@ -26,7 +26,7 @@ from date.errors import INPUT_ERRORS
 from date.modeling.build import checkpoint_config, detector_from_checkpoint
 from date.runtime import checkpoint as ckpt
 from date.runtime.distributed import autocast_dtype, resolve_device
-from date.runtime.logs import errors_as_messages
+from date.runtime.logs import errors_as_messages, quiet_third_party
 from date.runtime.outputs import check_output_file
 
 log = logging.getLogger("date.evaluate")
@@ -63,7 +63,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     stats, _ = evaluate(model=model, loader=build_eval_loader(val_set, batch_size=cfg.batch_size,
                                                               num_workers=cfg.num_workers),
                         coco_gt=val_set.coco, label_to_category_id=val_set.label_to_category_id, device=device,
-                        amp_dtype=autocast_dtype(amp_setting(cfg.amp), device))
+                        amp_dtype=autocast_dtype(amp_setting(cfg.amp), device),
+                        label=inference_label(model.inference_branch))
     print("  ".join(f"{k} {v:.4f}" for k, v in stats.items()))
     if out is not None:
         ckpt.write_atomic(out, json.dumps(stats, indent=1))
@@ -73,12 +74,26 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> dict[str, float]:
+    quiet_third_party()
     with errors_as_messages({**dict.fromkeys(INPUT_ERRORS, 2), ckpt.SaveError: 1}):
         return run(cfg)
 
 
+def _help() -> str:
+    from date.cli_help import schema_help  # reads the schema's source: only for --help
+
+    return schema_help(
+        module="date.evaluate", config_name="evaluate", schema=EvaluateConfig,
+        usage="python -m date.evaluate checkpoint=<model_final.pth | last.pth> [out=eval.json] [key=value ...]",
+        about="Evaluates a checkpoint of date.train with COCOeval on the val split of its dataset (or of "
+              "dataset=<preset> dataset.<key>=..., the keys of `python -m date.train --help`) and prints the 12 "
+              "numbers; out= also writes them as JSON. Writes nothing else.",
+        groups=("dataset",))
+
+
 ENTRYPOINT = cli.Entrypoint(module="date.evaluate", config_name="evaluate", schema=EvaluateConfig,
-                            sections={"dataset": DatasetConfig}, renamed={"output": "out"}, check_config=check_ranges)
+                            sections={"dataset": DatasetConfig}, renamed={"output": "out"}, check_config=check_ranges,
+                            help=_help)
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)

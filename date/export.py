@@ -40,7 +40,7 @@ from date.errors import INPUT_ERRORS
 from date.modeling.build import checkpoint_num_classes, detector_from_checkpoint
 from date.modeling.detector import DATEDetector, _top_per_level, o2o_logits
 from date.runtime import checkpoint as ckpt
-from date.runtime.logs import errors_as_messages
+from date.runtime.logs import errors_as_messages, quiet_third_party
 from date.runtime.outputs import check_output_file
 
 INPUT_NAMES = ("images", "image_sizes")
@@ -240,11 +240,24 @@ def run(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> Path:
+    quiet_third_party()
     with errors_as_messages({**dict.fromkeys(INPUT_ERRORS, 2), ckpt.SaveError: 1}):
         return run(cfg)
 
 
-ENTRYPOINT = cli.Entrypoint(module="date.export", config_name="export", schema=ExportConfig, check_config=check_ranges)
+def _help() -> str:
+    from date.cli_help import schema_help  # reads the schema's source: only for --help
+
+    return schema_help(
+        module="date.export", config_name="export", schema=ExportConfig,
+        usage="python -m date.export checkpoint=<model_final.pth> [out=model.onnx] [overwrite=true]",
+        about="Exports the inference branch of a checkpoint of date.train to ONNX (opset 18, dynamic batch and image "
+              "size; inputs, outputs and preprocessing: date/export.py). Needs the export extra: "
+              'pip install -e ".[export]". Writes nothing but out=.')
+
+
+ENTRYPOINT = cli.Entrypoint(module="date.export", config_name="export", schema=ExportConfig, check_config=check_ranges,
+                            help=_help)
 
 if __name__ == "__main__":
     cli.main(ENTRYPOINT, main)

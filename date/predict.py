@@ -57,7 +57,7 @@ from date.modeling.detector import DATEDetector
 from date.runtime import checkpoint as ckpt
 from date.runtime.distributed import autocast_dtype, resolve_device
 from date.runtime.logged_model import detect, load_detector
-from date.runtime.logs import errors_as_messages, log_to_file
+from date.runtime.logs import errors_as_messages, log_to_file, quiet_third_party
 from date.runtime.outputs import check_output_folder
 
 log = logging.getLogger("date.predict")
@@ -258,12 +258,24 @@ class Predictor:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
+    quiet_third_party()
     with errors_as_messages({**dict.fromkeys(INPUT_ERRORS, 2), UnreadableImagesError: 1, ckpt.SaveError: 1}):
         run(cfg)
 
 
+def _help() -> str:
+    from date.cli_help import schema_help  # reads the schema's source: only for --help
+
+    return schema_help(
+        module="date.predict", config_name="predict", schema=PredictConfig,
+        usage="python -m date.predict checkpoint=<model_final.pth> images=<folder | file | [a.jpg,b/]> [out=<dir>]",
+        about="Detects objects in image files with a checkpoint of date.train, through the evaluation's pipeline, "
+              "and writes into out= (only there): detections.json (COCO results), images.json, predict.log and one "
+              "drawn <stem>.png per image.")
+
+
 ENTRYPOINT = cli.Entrypoint(module="date.predict", config_name="predict", schema=PredictConfig,
-                            check_config=check_ranges)
+                            check_config=check_ranges, help=_help)
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)

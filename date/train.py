@@ -37,7 +37,7 @@ from date.modeling.build import build_criterion, build_detector
 from date.runtime import checkpoint as ckpt
 from date.runtime.checkpoint import seed_everything
 from date.runtime.distributed import barrier, cleanup, env_info, init_distributed, resolve_device
-from date.runtime.logs import errors_as_messages, job_log_file, log_to_rank_file
+from date.runtime.logs import errors_as_messages, job_log_file, log_to_rank_file, quiet_third_party
 from date.runtime.outputs import check_writable
 from date.runtime.preemption import checkpoint_on_signal
 from date.runtime.run_dir_lock import LOCK_FILE, run_dir_lock
@@ -325,6 +325,7 @@ def _exit_on_sigterm() -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, float]:
+    quiet_third_party()
     _exit_on_sigterm()
     try:
         with errors_as_messages({**dict.fromkeys(INPUT_ERRORS, 2), NonFiniteLossError: 1, ckpt.SaveError: 1}):
@@ -333,8 +334,20 @@ def main(cfg: DictConfig) -> dict[str, float]:
         cleanup()
 
 
+def _help() -> str:
+    from date.cli_help import schema_help  # reads the schema's source: only for --help
+
+    return schema_help(
+        module="date.train", config_name="config", schema=TrainConfig,
+        usage="python -m date.train [group=option ...] [key=value ...]  (-m: a sweep, key=a,b; --cfg job: print)",
+        about="Trains DATE (or the FCOS / POTO baseline: assigner=o2m / o2o) with the composed config, evaluates it "
+              "with COCOeval and logs it to MLflow. The run dir is outputs/<name>/<the overrides>: rerunning the same "
+              "command resumes it. Bad input is one `Error:` paragraph with exit code 2, before anything is created.",
+        groups=("backbone", "assigner", "schedule", "branch_weighting", "dataset", "experiment"))
+
+
 ENTRYPOINT = Entrypoint(module="date.train", config_name="config", schema=TrainConfig, check_config=validate,
-                        check_run=check_run)
+                        check_run=check_run, help=_help)
 
 if __name__ == "__main__":
     cli.main(ENTRYPOINT, main)

@@ -28,14 +28,14 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from date.assign import NonFiniteQualityError
-from date.coco_eval import predict_coco_branches, score
+from date.coco_eval import inference_label, predict_coco_branches, score
 from date.config import ConfigError, amp_setting, resolved_config
 from date.criterion import DATECriterion, Losses
 from date.data.loader import build_eval_loader, build_train_loader
 from date.run_figure import write_run_figure
 from date.runtime import checkpoint as ckpt
 from date.runtime.distributed import DistInfo, autocast_dtype, barrier, replica_checksums
-from date.runtime.logs import examples, train_line
+from date.runtime.logs import examples, metrics_table, train_line
 from date.runtime.preemption import CheckpointSignal, StopOnSignal
 from date.runtime.tracking import RunTracker, mask_credentials
 
@@ -150,10 +150,12 @@ class Trainer:
         self._build_optimizer()
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.state = {"epoch": 0, "iter_in_epoch": 0, "global_iter": 0, "eval_history": [], "metrics": {},
-                      "loss_history": [], "window": {"count": 0, "images": 0, "sums": {}}}
+                      "loss_history": [], "window": {"count": 0, "images": 0, "sums": {}},
+                      "elapsed_s": 0.0}  # wall time of the earlier processes of this run (resumes)
         if resume_from is not None:
             self._resume(resume_from)
         self.start_time, self.start_iter = time.perf_counter(), self.state["global_iter"]
+        self.elapsed_before = self.state["elapsed_s"]
         self.train_seconds = self.window_seconds = 0.0  # training time only (data included; eval, saving not)
         self.last_tick = time.perf_counter()
         self.eval_loaders = {}  # images evaluated -> loader
@@ -301,7 +303,9 @@ class Trainer:
         img_s = window["images"] / max(self.window_seconds, 1e-9)
         means = {k: v / window["count"] for k, v in window["sums"].items()}
         per_iter = self.train_seconds / max(g - self.start_iter, 1)
-        log.info(train_line(eta_s=per_iter * (self.total_iters - g), iteration=g, total_iters=self.total_iters,
+        log.info(train_line(eta_s=per_iter * (self.total_iters - g), epoch=self.state["epoch"] + 1,
+                            epochs=math.ceil(self.total_iters / self.iters_per_epoch), iteration=g,
+                            total_iters=self.total_iters,
                             loss=means.pop("total"), terms={k: means[k] for k in losses.terms}, lr=self.lr_now,
                             img_per_s=img_s))
         train_loss = window["sums"]["total"] / window["count"]
@@ -347,10 +351,12 @@ class Trainer:
         if not self.dist.is_main:
             return
         results = per_branch[0]
-        stats = score(self.val_set.coco, results, image_ids)
+        stats = score(self.val_set.coco, results, image_ids,
+                      label=f"{inference_label(self.model.inference_branch)} after epoch {epochs_done}")
         val = {f"val/{k}": v for k, v in stats.items()}
         if len(branches) > 1:
-            o2m_stats = score(self.val_set.coco, per_branch[1], image_ids)
+            o2m_stats = score(self.val_set.coco, per_branch[1], image_ids,
+                              label=f"the o2m branch + NMS (a diagnostic) after epoch {epochs_done}")
             val.update({f"val/o2m/{k}": v for k, v in o2m_stats.items()})
             log.info("The o2m branch with NMS (a diagnostic) after epoch %d: AP %.4f  AP50 %.4f", epochs_done,
                      o2m_stats["AP"], o2m_stats["AP50"])
@@ -392,6 +398,7 @@ class Trainer:
         tracker = self.tracker
         if tracker is not None:
             tracker.flush()  # metrics sent before a checkpoint are not re-sent after a resume
+        self.state["elapsed_s"] = self.elapsed_before + time.perf_counter() - self.start_time
         ckpt.save_atomic({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(),
@@ -436,8 +443,10 @@ class Trainer:
         barrier()
         if self.dist.world_size > 1:
             self._compare_replicas()
-        log.info("Training done in %.1f s: %s", time.perf_counter() - self.start_time,
-                 "  ".join(f"{k} {v:.4f}" for k, v in self.state["metrics"].items()))
+        this_process = time.perf_counter() - self.start_time
+        resumed = f"; {this_process:.1f} s since the last resume" if self.elapsed_before else ""
+        log.info("Training done in %.1f s (the whole run%s). Final metrics:\n%s", self.elapsed_before + this_process,
+                 resumed, metrics_table(self.state["metrics"]))
         return dict(self.state["metrics"])
 
     def _compare_replicas(self) -> None:

@@ -173,7 +173,7 @@ def test_sigterm_finishes_the_iteration_writes_last_pth_and_resumes_exactly(tmp_
     output = _train_then_signal(args, run_dir, tmp_path, train_env, iteration=3, signum=signal.SIGTERM,
                                 while_training=is_locked)
     saved = ckpt.load(run_dir / ckpt.LAST)
-    assert 3 <= saved["global_iter"] < TOTAL_ITERS and not saved["finished"]
+    assert 3 <= saved["global_iter"] < TOTAL_ITERS and not saved["finished"] and saved["elapsed_s"] > 0
     assert f"Checkpoint written: {run_dir / ckpt.LAST} at epoch" in output
     assert "Stopped by SIGTERM; last.pth is written. Resume with: python -m date.train " + " ".join(args) in output
     assert not (run_dir / ckpt.FINAL).exists()
@@ -184,6 +184,8 @@ def test_sigterm_finishes_the_iteration_writes_last_pth_and_resumes_exactly(tmp_
     resumed = run_module("date.train", args, env=train_env, cwd=tmp_path, timeout=600)  # the lock died with it
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from {run_dir / ckpt.LAST} at epoch" in resumed.stdout
+    assert ckpt.load(run_dir / ckpt.LAST)["elapsed_s"] > saved["elapsed_s"]  # the whole run's time, both processes
+    assert "(the whole run; " in resumed.stdout and "s since the last resume). Final metrics:" in resumed.stdout
     final = ckpt.load(run_dir / ckpt.FINAL)
     reference_final = ckpt.load(tmp_path / "reference" / ckpt.FINAL)
     assert final["metrics"] == reference_final["metrics"] and "val/AP" in final["metrics"]

@@ -5,6 +5,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import SMOKE, free_port, run_module
+from date.runtime.logs import metrics_table
 
 
 @pytest.mark.parametrize("args,expected", [
@@ -115,3 +116,39 @@ def test_cfg_job_shows_the_composed_groups(tmp_path, train_env):
     result = run_module("date.train", ["--cfg", "job", "assigner=o2o", "schedule=3x"], env=train_env, cwd=tmp_path)
     assert result.returncode == 0
     assert "mode: o2o" in result.stdout and "epochs: 36" in result.stdout and "depth: 18" in result.stdout
+
+
+def test_help_lists_each_key_with_its_default_range_and_comment(tmp_path, train_env):
+    train = run_module("date.train", ["--help"], env=train_env, cwd=tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "  optim.lr = 0.0004  (float; > 0)\n      for 16 images per step; scaled by batch_size" in train.stdout
+    assert "  assigner.mode = dual  (o2m|o2o|dual)" in train.stdout
+    assert "assigner=dual (default) | dual_topk" in train.stdout
+    assert "  dataset.num_train = 224  (int)\n      training images" in train.stdout  # SyntheticParams' own comment
+    assert "--cfg job" in train.stdout
+    evaluate = run_module("date.evaluate", ["--help"], env=train_env, cwd=tmp_path)
+    assert "  checkpoint = ??? (required)  (str)" in evaluate.stdout and "  out = null  (str)" in evaluate.stdout
+    assert "optim.lr" not in evaluate.stdout and "overwrite = false  (bool)" in evaluate.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_final_metrics_table_names_the_branches_and_explains_cocos_minus_one():
+    table = metrics_table({"train/loss": 1.5, **{f"val/{k}": 0.25 for k in ("AP", "AP50", "APs")}, "val/APm": -1.0,
+                           "val/o2m/AP": 0.125})
+    lines = table.splitlines()
+    assert lines[0].split() == ["inference", "branch", "o2m", "branch", "+", "NMS"]
+    assert lines[1].split() == ["AP", "0.2500", "0.1250"] and lines[5].split() == ["APm", "n/a", "n/a"]
+    assert "train/loss: 1.5000" in table and "n/a: COCO's -1, no object of that size" in table
+
+
+def test_the_console_shows_the_run_and_the_log_file_keeps_the_libraries_chatter(tmp_path, train_env):
+    run_dir = tmp_path / "run"
+    result = run_module("date.train", [*SMOKE, "tracking.system_metrics=true", f"hydra.run.dir={run_dir}"],
+                        env=train_env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    console, log = result.stdout + result.stderr, (run_dir / "train.log").read_text()
+    assert "Started monitoring system metrics" in log and "system metrics" not in console
+    assert "epoch: 1/2  iter: 1/4  loss:" in console
+    assert "COCO bbox evaluation of the inference branch (o2o, no NMS) after epoch 1" in console
+    assert "COCO bbox evaluation of the o2m branch + NMS (a diagnostic) after epoch 2" in console
+    assert "(the whole run). Final metrics:\n" in console and " inference branch  o2m branch + NMS" in console

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import random
 import signal
+import threading
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -97,13 +99,23 @@ class EvalBatchSampler(Sampler[list[int]]):
             yield self.indices[b * self.batch_size : (b + 1) * self.batch_size]
 
 
+def _exit_on_parents_sigterm() -> None:
+    """A loader worker's SIGTERM: from the training process (the loader or multiprocessing's exit stopping it) it ends
+    the worker, as torch's own handler does; from anyone else (a signal to the whole process group) it is left to the
+    training process, which stops at an iteration boundary and shuts its workers down itself."""
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid():
+            os._exit(0)
+
+
 def _seed_worker(worker_id: int) -> None:
     # Ctrl-C, `timeout`, systemd, scancel and job supervisors signal the whole process group: the training
-    # process decides (it stops at an iteration boundary and shuts its workers down itself); a worker that died
-    # of the signal would fail the batch being loaded. The loader stops its workers with a sentinel, and a
-    # worker whose parent is gone exits on its own (torch's watchdog), so ignoring SIGTERM loses no way out.
+    # process decides; a worker that died of the signal would fail the batch being loaded. SIGTERM is blocked
+    # and read by a thread, which knows its sender (a handler does not): the parent's still ends the worker,
+    # as multiprocessing's exit joins the workers it terminates.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_parents_sigterm, name="sigterm-from-parent", daemon=True).start()
     # torch seeds each worker from the loader's generator; numpy / random follow it (augmentation
     # itself is seeded per sample, this only covers stray library randomness)
     s = torch.initial_seed() % 2**32

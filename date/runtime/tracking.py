@@ -25,7 +25,6 @@ import hashlib
 import logging
 import os
 import random
-import re
 import subprocess
 import threading
 import time
@@ -38,6 +37,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig
 
+from date.runtime.logs import mask_credentials
 from date.runtime.outputs import sqlite_problem
 from date.runtime.sweep_guard import LaunchCheck
 
@@ -56,7 +56,6 @@ SYSTEM_METRICS_INTERVAL_S = 10.0
 # The end of a run waits this long for MLflow's sampling thread, which retries for minutes during an outage.
 SYSTEM_METRICS_STOP_S = 10.0
 DATASET_INSERT_TRIES = 5  # see RunTracker.log_datasets
-_PASSWORD_IN_URL = re.compile(r"(://[^/@:\s]*):[^/@\s]*@")
 
 
 class TrackingError(RuntimeError):
@@ -85,12 +84,6 @@ def _sqlite_path(uri: str) -> Optional[Path]:
 
 def _is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
-
-
-def mask_credentials(text: str) -> str:
-    """``http://user:password@host`` -> ``http://user:***@host`` anywhere in ``text``: URIs end up in params,
-    log lines and MLflow's error messages, which must not show the password."""
-    return _PASSWORD_IN_URL.sub(r"\1:***@", text)
 
 
 def _without_credentials(uri: str) -> str:
