@@ -16,7 +16,7 @@
 # Hydra overrides for every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N1=__N1__  # pre-registered: pairs at 1x
+N1=16  # pre-registered: pairs at 1x (experiments/results/claim_study/pilot_1x/seed_counts_1x.md)
 N3=__N3__  # pre-registered: pairs at 3x
 PYTHON=${PYTHON:-python}
 STUDY_DIR=${STUDY_DIR:-multirun/claim_study}
