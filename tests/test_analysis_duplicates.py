@@ -108,7 +108,9 @@ def test_variant_of_a_checkpoint_config():
 
 # ---------------------------------------------------------------- --show: the figure, on real tiny trainings
 
-TRAIN = [*SMOKE, "optim.lr=0.02", "eval_every=2"]  # lr as in test_analysis_cli: boxes that overlap objects
+# lr as in test_analysis_cli: boxes that overlap objects. Seed 3: with the paired head init (e8a4835) the smoke FCOS
+# of seeds 0-2 barely hits an object on the 4 val images (0.0-0.5% duplicates of 400 detections), seed 3's does (1.8%)
+TRAIN = [*SMOKE, "optim.lr=0.02", "eval_every=2", "seed=3"]
 TITLE = re.compile(r"^(.+): (\d+) dets, (\d+) dup$")
 
 

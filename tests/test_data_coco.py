@@ -346,7 +346,7 @@ def test_evaluate_with_only_the_val_split_given(tmp_path, train_env):
     result = run_module("date.evaluate", [f"checkpoint={checkpoint}", "dataset=coco_json", f"dataset.val_ann={val_ann}",
                                           f"dataset.val_images={val_images}", "dataset.test_short_size=64",
                                           "dataset.max_size=128", "device=cpu", "num_workers=0",
-                                          f"output={tmp_path / 'eval.json'}"], env=train_env, cwd=tmp_path)
+                                          f"out={tmp_path / 'eval.json'}"], env=train_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(json.loads((tmp_path / "eval.json").read_text())) == 12
 

@@ -144,7 +144,7 @@ def test_a_backbone_weights_file_that_is_not_a_state_dict_is_refused_before_the_
     weights = tmp_path / "resnet18.pth"
     weights.write_text("hello")
     result = run_module("date.train", [*SMOKE, f"backbone.weights={weights}"], env=train_env, cwd=tmp_path)
-    _refused(result, f"backbone.weights={weights}: torch.load cannot read it")
+    _refused(result, f"backbone.weights={weights} cannot be read by torch.load")
     _only(tmp_path, "resnet18.pth")  # no run dir, no MLflow store
 
 

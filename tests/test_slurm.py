@@ -161,9 +161,13 @@ def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp
 
 def test_a_failing_job_is_named_with_its_log_and_the_others_are_kept(tmp_path, train_env):
     sweep = tmp_path / "sweep"
-    bad = ["dataset.train_ann=/nonexistent/train.json", "dataset.train_images=/nonexistent/train",
-           "dataset.val_ann=/nonexistent/val.json", "dataset.val_images=/nonexistent/val"]
-    # dataset=synthetic ignores the coco_json paths; dataset=coco_json fails on them at start
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "train.json").write_text("{not json")  # exists (the launch check passes), only the job reads it
+    (broken / "val.json").write_text("{not json")
+    bad = [f"dataset.train_ann={broken / 'train.json'}", f"dataset.train_images={broken}",
+           f"dataset.val_ann={broken / 'val.json'}", f"dataset.val_images={broken}"]
+    # dataset=synthetic ignores the coco_json paths; dataset=coco_json fails on them when its job reads them
     result = run_module("date.train", ["-m", *SLURM_CPU, "dataset=synthetic,coco_json", *bad, *SMOKE,
                                        f"hydra.sweep.dir={sweep}"], env=train_env, cwd=tmp_path, timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]
@@ -174,7 +178,7 @@ def test_a_failing_job_is_named_with_its_log_and_the_others_are_kept(tmp_path, t
     assert "1 of 2 jobs of the sweep failed (the others' results are kept)" in result.stderr
     failed_line = next(line for line in result.stderr.splitlines() if line.startswith("  #1 dataset=coco_json"))
     assert f"(job {array}_1)" in failed_line and f"(log: {err_log})" in failed_line
-    assert "/nonexistent/" in failed_line  # the job's own error message, naming the bad path
+    assert str(broken) in failed_line  # the job's own error message, naming the bad file
     assert "Traceback" not in result.stderr
 
     rows = {r[0]: r[2] for r in _sacct(array, want=2)}
@@ -196,4 +200,4 @@ def test_sbatch_refusing_the_gpus_is_one_paragraph_naming_the_launcher_key(tmp_p
     message = result.stderr[result.stderr.index("sbatch refused"):]
     assert "sbatch: error: Invalid generic resource (gres) specification" in message  # sbatch's own words
     assert "hydra.launcher.gpus_per_node=null" in message and "nothing was submitted" in message
-    assert not [p for p in (sweep / ".submitit").iterdir() if p.is_dir()]  # no <job id> folder: no job
+    assert not sweep.exists()  # a refused sweep leaves no sweep dir (and so no <job id> folder: no job)

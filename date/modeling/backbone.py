@@ -9,6 +9,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from date.runtime.checkpoint import load_error_reason
+
 RESNETS = {
     18: (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
     34: (models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1),
@@ -86,7 +88,7 @@ def _pretrained_state_dict(depth: int, weights: str, constructor, imagenet: mode
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and tensor errors all mean the same: not a usable file
         raise BackboneWeightsError(
-            f"backbone.weights={path}: torch.load cannot read it ({type(error).__name__}: {error}), so it is no "
+            f"backbone.weights={path} cannot be read by torch.load ({load_error_reason(error)}), so it is no "
             f"state dict saved by torch.save, or it is damaged. Pass the .pth file of a torchvision ResNet-{depth}, "
             "imagenet, or none.") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state

@@ -91,12 +91,16 @@ def load(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"Checkpoint {path} does not exist.") from None
     except Exception as exc:  # corrupt file, or a pickle that is not plain data
-        if isinstance(exc, pickle.UnpicklingError):  # torch's text advises weights_only=False: not here
-            reason = "torch.load(weights_only=True) refuses it (not plain tensors, numbers and strings)"
-        else:
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        raise CheckpointError(f"Cannot read checkpoint {path}: {reason.rstrip('.')}. "
+        raise CheckpointError(f"Cannot read checkpoint {path}: {load_error_reason(exc)}. "
                               "It is not a DATE checkpoint or the file is damaged.") from None
+
+
+def load_error_reason(exc: Exception) -> str:
+    """Why torch.load(weights_only=True) failed, in one line, without torch's advice to load unsafely."""
+    if isinstance(exc, pickle.UnpicklingError):  # torch's text advises weights_only=False: not here
+        return "torch.load(weights_only=True) refuses it (not plain tensors, numbers and strings)"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(". :")
 
 
 def seed_everything(seed: int) -> None:
