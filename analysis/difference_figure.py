@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from analysis.compare import Report, VariantResult
-from analysis.plots import RC, epoch_ticks, shared_legend, variant_styles
+from analysis.plots import RC, epoch_ticks, save_png_pdf, shared_legend, variant_styles
 
 
 def difference_figure(report: Report, out_dir: Path, *, stem: str = "difference") -> list[Path]:
@@ -42,10 +42,7 @@ def difference_figure(report: Report, out_dir: Path, *, stem: str = "difference"
             ax.set_title(f"schedule {panel}")
             ax.grid(True, linewidth=0.4, alpha=0.5)
         shared_legend(fig, axes[0])
-        paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-        fig.savefig(paths[0], dpi=200)
-        fig.savefig(paths[1])
-    return paths
+        return save_png_pdf(fig, out_dir, stem)  # inside the rc context: the PDF keeps its Type 42 fonts
 
 
 def _draw_variant(ax, r: VariantResult, style: tuple[str, str, str]) -> None:

@@ -57,10 +57,7 @@ def convergence_figure(report: Report, out_dir: Path, *, stem: str = "convergenc
             ax.set_title(f"schedule {panel}")
             ax.grid(True, linewidth=0.4, alpha=0.5)
         shared_legend(fig, axes[0])
-        paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-        fig.savefig(paths[0], dpi=200)
-        fig.savefig(paths[1])
-    return paths
+        return save_png_pdf(fig, out_dir, stem)  # inside the rc context: the PDF keeps its Type 42 fonts
 
 
 def epoch_ticks(ax, epochs) -> None:
@@ -97,3 +94,11 @@ def _is_extra(result, styles: dict) -> bool:
     """A second variant of the same assigner (e.g. another branch weighting) needs its own style."""
     style = ASSIGNER_STYLE.get(result.variant.assigner)
     return style is None or style in styles.values()
+
+
+def save_png_pdf(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    """``<stem>.png`` (200 dpi) and ``<stem>.pdf`` (vector) in ``out_dir``; returns their paths."""
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    fig.savefig(paths[0], dpi=200)
+    fig.savefig(paths[1])
+    return paths

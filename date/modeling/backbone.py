@@ -1,5 +1,6 @@
 """ResNet + FPN: C3-C5 -> P3-P7 (P6, P7 from the P5 output), all from torchvision's parts."""
 import os
+import pickle
 import urllib.error
 from pathlib import Path
 
@@ -9,7 +10,6 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from date.runtime.checkpoint import load_error_reason
 
 RESNETS = {
     18: (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
@@ -87,8 +87,11 @@ def _pretrained_state_dict(depth: int, weights: str, constructor, imagenet: mode
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and tensor errors all mean the same: not a usable file
+        # one line, without torch's advice to load the file unsafely (weights_only=False)
+        reason = ("weights_only=True refuses it" if isinstance(error, pickle.UnpicklingError) else
+                  f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}")
         raise BackboneWeightsError(
-            f"backbone.weights={path} cannot be read by torch.load ({load_error_reason(error)}), so it is no "
+            f"backbone.weights={path} cannot be read by torch.load ({reason}), so it is no "
             f"state dict saved by torch.save, or it is damaged. Pass the .pth file of a torchvision ResNet-{depth}, "
             "imagenet, or none.") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
