@@ -51,8 +51,17 @@ class Entrypoint:
     check_config: Optional[Callable[[DictConfig], None]] = None  # the ranges; raises ConfigError
     # the environment, given every job's config and whether it is a sweep; raises one of INPUT_ERRORS
     check_run: Optional[Callable[[Sequence[DictConfig], bool], None]] = None
-    help: Optional[Callable[[], str]] = None  # the text of --help
+    usage: str = ""  # --help: the usage line (empty: the entrypoint has no schema --help of its own)
+    about: str = ""  # --help: what the command does
+    help_groups: Sequence[str] = ()  # --help: the config groups it lists
     keys_listed_by: str = ""  # the command that lists the keys (default: python -m <module> --help)
+
+    def help_text(self) -> str:
+        """The --help text, written from the schema (date.cli_help reads its source: imported only for --help)."""
+        from date.cli_help import schema_help
+
+        return schema_help(module=self.module, config_name=self.config_name, schema=self.schema, usage=self.usage,
+                           about=self.about, groups=self.help_groups)
 
     @property
     def keys_hint(self) -> str:
@@ -62,8 +71,8 @@ class Entrypoint:
 def main(entry: Entrypoint, hydra_main: Callable[[], Any], argv: Optional[Sequence[str]] = None) -> Any:
     """Check the command line (see the module docstring), then run ``hydra_main`` (the @hydra.main function)."""
     args = get_args_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.help and entry.help is not None:
-        print(entry.help())
+    if args.help and entry.usage:
+        print(entry.help_text())
         sys.exit(0)
     hydra_only = args.hydra_help or args.info or args.shell_completion or args.experimental_rerun
     if not (hydra_only or args.config_path or args.config_dir):

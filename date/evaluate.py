@@ -79,21 +79,16 @@ def main(cfg: DictConfig) -> dict[str, float]:
         return run(cfg)
 
 
-def _help() -> str:
-    from date.cli_help import schema_help  # reads the schema's source: only for --help
 
-    return schema_help(
-        module="date.evaluate", config_name="evaluate", schema=EvaluateConfig,
-        usage="python -m date.evaluate checkpoint=<model_final.pth | last.pth> [out=eval.json] [key=value ...]",
-        about="Evaluates a checkpoint of date.train with COCOeval on the val split of its dataset (or of "
-              "dataset=<preset> dataset.<key>=..., the keys of `python -m date.train --help`) and prints the 12 "
-              "numbers; out= also writes them as JSON. Writes nothing else.",
-        groups=("dataset",))
+ENTRYPOINT = cli.Entrypoint(
+    module="date.evaluate", config_name="evaluate", schema=EvaluateConfig, sections={"dataset": DatasetConfig},
+    renamed={"output": "out"}, check_config=check_ranges,
+    usage="python -m date.evaluate checkpoint=<model_final.pth | last.pth> [out=eval.json] [key=value ...]",
+    about="Evaluates a checkpoint of date.train with COCOeval on the val split of its dataset (or of "
+          "dataset=<preset> dataset.<key>=..., the keys of `python -m date.train --help`) and prints the 12 "
+          "numbers; out= also writes them as JSON. Writes nothing else.",
+    help_groups=("dataset",))
 
-
-ENTRYPOINT = cli.Entrypoint(module="date.evaluate", config_name="evaluate", schema=EvaluateConfig,
-                            sections={"dataset": DatasetConfig}, renamed={"output": "out"}, check_config=check_ranges,
-                            help=_help)
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)

@@ -245,19 +245,14 @@ def main(cfg: DictConfig) -> Path:
         return run(cfg)
 
 
-def _help() -> str:
-    from date.cli_help import schema_help  # reads the schema's source: only for --help
 
-    return schema_help(
-        module="date.export", config_name="export", schema=ExportConfig,
-        usage="python -m date.export checkpoint=<model_final.pth> [out=model.onnx] [overwrite=true]",
-        about="Exports the inference branch of a checkpoint of date.train to ONNX (opset 18, dynamic batch and image "
-              "size; inputs, outputs and preprocessing: date/export.py). Needs the export extra: "
-              'pip install -e ".[export]". Writes nothing but out=.')
+ENTRYPOINT = cli.Entrypoint(
+    module="date.export", config_name="export", schema=ExportConfig, check_config=check_ranges,
+    usage="python -m date.export checkpoint=<model_final.pth> [out=model.onnx] [overwrite=true]",
+    about="Exports the inference branch of a checkpoint of date.train to ONNX (opset 18, dynamic batch and image "
+          "size; inputs, outputs and preprocessing: date/export.py). Needs the export extra: "
+          'pip install -e ".[export]". Writes nothing but out=.')
 
-
-ENTRYPOINT = cli.Entrypoint(module="date.export", config_name="export", schema=ExportConfig, check_config=check_ranges,
-                            help=_help)
 
 if __name__ == "__main__":
     cli.main(ENTRYPOINT, main)

@@ -263,19 +263,14 @@ def main(cfg: DictConfig) -> None:
         run(cfg)
 
 
-def _help() -> str:
-    from date.cli_help import schema_help  # reads the schema's source: only for --help
 
-    return schema_help(
-        module="date.predict", config_name="predict", schema=PredictConfig,
-        usage="python -m date.predict checkpoint=<model_final.pth> images=<folder | file | [a.jpg,b/]> [out=<dir>]",
-        about="Detects objects in image files with a checkpoint of date.train, through the evaluation's pipeline, "
-              "and writes into out= (only there): detections.json (COCO results), images.json, predict.log and one "
-              "drawn <stem>.png per image.")
+ENTRYPOINT = cli.Entrypoint(
+    module="date.predict", config_name="predict", schema=PredictConfig, check_config=check_ranges,
+    usage="python -m date.predict checkpoint=<model_final.pth> images=<folder | file | [a.jpg,b/]> [out=<dir>]",
+    about="Detects objects in image files with a checkpoint of date.train, through the evaluation's pipeline, "
+          "and writes into out= (only there): detections.json (COCO results), images.json, predict.log and one "
+          "drawn <stem>.png per image.")
 
-
-ENTRYPOINT = cli.Entrypoint(module="date.predict", config_name="predict", schema=PredictConfig,
-                            check_config=check_ranges, help=_help)
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)

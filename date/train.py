@@ -334,20 +334,15 @@ def main(cfg: DictConfig) -> dict[str, float]:
         cleanup()
 
 
-def _help() -> str:
-    from date.cli_help import schema_help  # reads the schema's source: only for --help
 
-    return schema_help(
-        module="date.train", config_name="config", schema=TrainConfig,
-        usage="python -m date.train [group=option ...] [key=value ...]  (-m: a sweep, key=a,b; --cfg job: print)",
-        about="Trains DATE (or the FCOS / POTO baseline: assigner=o2m / o2o) with the composed config, evaluates it "
-              "with COCOeval and logs it to MLflow. The run dir is outputs/<name>/<the overrides>: rerunning the same "
-              "command resumes it. Bad input is one `Error:` paragraph with exit code 2, before anything is created.",
-        groups=("backbone", "assigner", "schedule", "branch_weighting", "dataset", "experiment"))
+ENTRYPOINT = Entrypoint(
+    module="date.train", config_name="config", schema=TrainConfig, check_config=validate, check_run=check_run,
+    usage="python -m date.train [group=option ...] [key=value ...]  (-m: a sweep, key=a,b; --cfg job: print)",
+    about="Trains DATE (or the FCOS / POTO baseline: assigner=o2m / o2o) with the composed config, evaluates it "
+          "with COCOeval and logs it to MLflow. The run dir is outputs/<name>/<the overrides>: rerunning the same "
+          "command resumes it. Bad input is one `Error:` paragraph with exit code 2, before anything is created.",
+    help_groups=("backbone", "assigner", "schedule", "branch_weighting", "dataset", "experiment"))
 
-
-ENTRYPOINT = Entrypoint(module="date.train", config_name="config", schema=TrainConfig, check_config=validate,
-                        check_run=check_run, help=_help)
 
 if __name__ == "__main__":
     cli.main(ENTRYPOINT, main)
