@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # convergence_synthetic (conf/experiment/convergence_synthetic.yaml): does dual assignment make POTO converge faster and end better, at no inference
 # cost? {o2o, dual, o2m} x seeds {0,1,2} at 1x on the synthetic benchmark (9 runs, one after the other on
-# this 2-core CPU), then the convergence report and the NMS-free evidence. Expected outcome: README.md.
+# this 2-core CPU), then the convergence report and the NMS-free evidence. Expected outcome: experiments/README.md.
 #
 #   experiments/convergence_synthetic.sh                      # the experiment (~45-50 min on 2 idle cores)
 #   SCHEDULE=smoke experiments/convergence_synthetic.sh dataset.num_train=16 dataset.num_val=8 batch_size=4 \
