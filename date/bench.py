@@ -20,7 +20,8 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,6 +31,17 @@ from date.config import compose_config
 from date.modeling.build import build_criterion, build_detector
 
 NUM_CLASSES = 80
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How every measurement runs: ``iters`` timed repetitions after ``warmup`` untimed ones, on ``device``,
+    each call under ``autocast()`` (bf16 autocast with --amp, else a null context)."""
+
+    device: torch.device
+    autocast: Callable[[], AbstractContextManager]
+    warmup: int
+    iters: int
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -204,6 +216,7 @@ def main(argv=None) -> dict:
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else nullcontext()
 
+    timing = Timing(device, autocast, warmup, iters)
     torch.manual_seed(0)
     date_model, criterion = build_date(device)
     models = {"date": date_model, "tv_fcos": build_tv_fcos(device, size), "poto": build_date(device, "o2o")[0]}
@@ -213,10 +226,10 @@ def main(argv=None) -> dict:
     results = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if gpu else "cpu",
                "size": list(size), "batch": batch, "amp_bf16": args.amp, "torch": torch.__version__,
                "repetitions": iters, "warmup": warmup, "repetition_s": {}, "ratio_spread": {}}
-    measure_training(results, models, criterion, images, targets, autocast, device, warmup, iters)
+    measure_training(results, models, criterion, images, targets, timing)
     for b in (1, 8):
         measure_inference(results, models, images[:b] if b <= batch else images[:1].expand(b, -1, -1, -1).contiguous(),
-                          autocast, device, warmup, iters)
+                          timing)
     print_table(results)
     if args.json:
         with open(args.json, "w") as f:
@@ -224,13 +237,12 @@ def main(argv=None) -> dict:
     return results
 
 
-def measure_training(results: dict, models: dict, criterion, images, targets, autocast, device: torch.device,
-                     warmup: int, iters: int):
+def measure_training(results: dict, models: dict, criterion, images, targets, timing: Timing):
     """DATE's and torchvision FCOS's training img/s (interleaved), their paired speedup, and the share of DATE's
     step spent in label assignment (timed apart: its synchronisation would slow the paired steps)."""
-    steps = {name: train_step_fn(models[name], images, targets, autocast,
+    steps = {name: train_step_fn(models[name], images, targets, timing.autocast,
                                  criterion=criterion if name == "date" else None) for name in ("date", "tv_fcos")}
-    times, reps = timed_interleaved(steps, device, warmup, iters)
+    times, reps = timed_interleaved(steps, timing.device, timing.warmup, timing.iters)
     batch = len(images)
     for name, t in times.items():
         results[f"{name}_train_img_per_s"] = batch / statistics.median(t)
@@ -239,17 +251,17 @@ def measure_training(results: dict, models: dict, criterion, images, targets, au
     results["ratio_spread"]["train_speedup"] = spread
     results["repetition_s"]["train"] = reps
     totals: list[float] = []
-    with assignment_timer(criterion, device, totals):
-        instrumented = timed(steps["date"], device, 0, max(1, iters // 2))
+    with assignment_timer(criterion, timing.device, totals):
+        instrumented = timed(steps["date"], timing.device, 0, max(1, timing.iters // 2))
     results["assign_ms_per_step"] = 1e3 * sum(totals) / len(instrumented)
     results["assign_share"] = sum(totals) / sum(instrumented)
 
 
-def measure_inference(results: dict, models: dict, images, autocast, device: torch.device, warmup: int, iters: int):
+def measure_inference(results: dict, models: dict, images, timing: Timing):
     """Latency at ``len(images)`` of the three models (interleaved) and DATE's paired ratios to FCOS and to POTO."""
     b = len(images)
-    fns = {name: infer_fn(model, images, autocast, is_date=name != "tv_fcos") for name, model in models.items()}
-    times, reps = timed_interleaved(fns, device, warmup, iters)
+    fns = {name: infer_fn(model, images, timing.autocast, is_date=name != "tv_fcos") for name, model in models.items()}
+    times, reps = timed_interleaved(fns, timing.device, timing.warmup, timing.iters)
     for name, t in times.items():
         results[f"{name}_infer_ms_b{b}"] = 1e3 * statistics.median(t)
     for key, peer in ((f"infer_latency_ratio_b{b}", "tv_fcos"), (f"infer_vs_poto_ratio_b{b}", "poto")):

@@ -138,8 +138,7 @@ class Trainer:
         if dist_info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.net = self._place_model()
-        self.loader_args = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=dist_info.rank,
-                                world_size=dist_info.world_size, num_workers=cfg.num_workers)
+        self.loader_args = dict(batch_size=cfg.batch_size, seed=cfg.seed, dist=dist_info, num_workers=cfg.num_workers)
         self.iters_per_epoch = len(build_train_loader(train_set, epoch=0, **self.loader_args))
         if self.iters_per_epoch == 0:
             raise ConfigError(f"The training split has fewer images ({len(train_set)}) than one step needs "
@@ -303,9 +302,9 @@ class Trainer:
         img_s = window["images"] / max(self.window_seconds, 1e-9)
         means = {k: v / window["count"] for k, v in window["sums"].items()}
         per_iter = self.train_seconds / max(g - self.start_iter, 1)
-        log.info(train_line(eta_s=per_iter * (self.total_iters - g), epoch=self.state["epoch"] + 1,
-                            epochs=math.ceil(self.total_iters / self.iters_per_epoch), iteration=g,
-                            total_iters=self.total_iters,
+        log.info(train_line(eta_s=per_iter * (self.total_iters - g),
+                            epoch=(self.state["epoch"] + 1, math.ceil(self.total_iters / self.iters_per_epoch)),
+                            iteration=(g, self.total_iters),
                             loss=means.pop("total"), terms={k: means[k] for k in losses.terms}, lr=self.lr_now,
                             img_per_s=img_s))
         train_loss = window["sums"]["total"] / window["count"]

@@ -170,12 +170,15 @@ def test_no_ground_truth_gives_no_positives():
     assert np.array_equal(match_one_to_one(torch.zeros(5, 0)).numpy(), np.zeros(0))
 
 
+@pytest.mark.parametrize("whole_pixels", [False, True])
 @pytest.mark.parametrize("size_of_interest", [(64.0, 128.0, 256.0, 512.0), (16.0, 32.0, 64.0, 128.0)])
-def test_the_statistics_count_the_positives_the_fcos_assigner_makes(size_of_interest):
-    """`python -m date.data.synthetic --stats` (numpy) and the training assigner (torch) agree per object."""
+def test_the_statistics_count_the_positives_the_fcos_assigner_makes(size_of_interest, whole_pixels):
+    """`python -m date.data.synthetic --stats` (one image at a time, on its own locations) and the training assigner
+    (a padded batch, on the detector's locations) agree per object; whole-pixel boxes, as the synthetic benchmark's,
+    can put locations exactly on a level's bound (max(l, t, r, b) = 64)."""
     from date.assign import FCOSAssigner
     from date.criterion import pad_targets
-    from date.data.synthetic import fcos_positives
+    from date.data.synthetic.statistics import feature_locations, o2m_positives
     from date.modeling.detector import Locations
 
     strides, size = (8, 16, 32, 64, 128), 128
@@ -186,17 +189,19 @@ def test_the_statistics_count_the_positives_the_fcos_assigner_makes(size_of_inte
         per_point_strides.append(torch.full((len(points[-1]),), float(s)))
         level_sizes.append(len(points[-1]))
     loc = Locations(torch.cat(points), torch.cat(per_point_strides), level_sizes)
+    stats_loc = feature_locations((size, size), strides)
+    assert torch.equal(stats_loc.points, loc.points) and stats_loc.level_sizes == loc.level_sizes
     g = torch.Generator().manual_seed(3)
     targets = []
     for _ in range(4):
         xy = torch.rand(6, 2, generator=g) * 100
         wh = torch.rand(6, 2, generator=g) * 90 + 6
-        targets.append({"boxes": torch.cat([xy, (xy + wh).clamp(max=size)], 1), "labels": torch.zeros(6, dtype=torch.long),
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
+        targets.append({"boxes": boxes.round() if whole_pixels else boxes, "labels": torch.zeros(6, dtype=torch.long),
                         "image_size": (size, size)})
     assigner = FCOSAssigner(strides=strides, size_of_interest=size_of_interest, center_sampling_radius=None)
     matched = assigner(None, None, loc, pad_targets(targets, torch.device("cpu")))  # [B, N]
-    bounds = [-1.0, *size_of_interest, float("inf")]
     for b, t in enumerate(targets):
         ours = torch.bincount(matched[b][matched[b] >= 0], minlength=6).tolist()
-        _, per_box = fcos_positives(t["boxes"].double().numpy(), (size, size), bounds, strides)
-        assert ours == per_box.tolist()
+        _, per_box = o2m_positives(t["boxes"].double().numpy(), (size, size), stats_loc, assigner)
+        assert ours == per_box

@@ -19,6 +19,7 @@ from pycocotools.cocoeval import COCOeval
 from date.data.build import DatasetConfig, build_datasets, build_val_dataset
 from date.data.errors import DatasetError
 from date.data import synthetic
+from date.data.synthetic import cache as synthetic_cache
 from date.data.synthetic import SyntheticParams, describe, ensure_synthetic, render_image
 
 TINY = SyntheticParams(num_train=6, num_val=4, image_size=64, max_objects=12, max_object_size=64.0)
@@ -41,7 +42,7 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
 
 def test_cached_dataset_is_reused(tmp_path, monkeypatch):
     root = ensure_synthetic(TINY, cache_dir=tmp_path, progress=False)
-    monkeypatch.setattr(synthetic, "_write_split", lambda *a, **k: pytest.fail("regenerated a cached dataset"))
+    monkeypatch.setattr(synthetic_cache, "write_split", lambda *a, **k: pytest.fail("regenerated a cached dataset"))
     assert ensure_synthetic(TINY, cache_dir=tmp_path, progress=False) == root
     assert root.parent == tmp_path / "synthetic" and TINY.key() in root.name
 
@@ -52,14 +53,14 @@ def test_parameters_key_the_folder():
 
 
 def test_killed_generation_leaves_no_complete_looking_split(tmp_path, monkeypatch):
-    real = synthetic._write_split
+    real = synthetic_cache.write_split
 
     def dies_on_val(p, split, root, **kw):
         if split == "val":
             raise KeyboardInterrupt
         return real(p, split, root, **kw)
 
-    monkeypatch.setattr(synthetic, "_write_split", dies_on_val)
+    monkeypatch.setattr(synthetic_cache, "write_split", dies_on_val)
     with pytest.raises(KeyboardInterrupt):
         ensure_synthetic(TINY, cache_dir=tmp_path, progress=False)
     base, root = tmp_path / "synthetic", tmp_path / "synthetic" / TINY.folder_name()
@@ -68,7 +69,7 @@ def test_killed_generation_leaves_no_complete_looking_split(tmp_path, monkeypatc
     assert not list(base.glob("*.tmp-*"))
     # a temp folder left by a hard kill (no cleanup ran) is removed by the next generation
     (base / f"{TINY.folder_name()}.tmp-stale").mkdir()
-    monkeypatch.setattr(synthetic, "_write_split", real)
+    monkeypatch.setattr(synthetic_cache, "write_split", real)
     assert ensure_synthetic(TINY, cache_dir=tmp_path, progress=False) == root
     assert (root / "instances_val.json").is_file() and not list(base.glob("*.tmp-*"))
     assert _digest(root) == _digest(ensure_synthetic(TINY, cache_dir=tmp_path / "whole", progress=False))
@@ -141,6 +142,19 @@ def test_describe_counts(tmp_path):
     assert stats["images"] == 6 and stats["objects"] == n
     assert sum(stats["objects_per_level"].values()) == n and sum(stats["classes"].values()) == n
     assert stats["objects_per_image"]["min"] <= stats["objects_per_image"]["mean"] <= stats["objects_per_image"]["max"]
+
+
+def test_statistics_count_a_location_on_a_level_bound_as_training_does(tmp_path):
+    """FCOS's level ranges are closed, [low, high] (date/assign's fcos_assign, as FCOS's own code): the P4
+    locations of box [0, 0, 72, 40] at (8, 8) and (8, 24) have max(l, t, r, b) = 64, P4's lower bound, and are
+    positives. P3 (centres 4, 12, ... 68 by 4, 12, ... 36): the columns x = 4 and 68 reach 68 > 64, so 7 x 5."""
+    ann = tmp_path / "one_box.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "width": 128, "height": 128}],
+                               "categories": [{"id": 1, "name": "thing"}],
+                               "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 72, 40]}]}))
+    stats = describe(ann, size_of_interest=[64, 128, 256, 512])
+    assert stats["positive_locations_per_level"] == {"P3": 35, "P4": 2, "P5": 0, "P6": 0, "P7": 0}
+    assert stats["o2m_positives_per_object"]["mean"] == 37.0 and stats["objects_without_positive"] == 0
 
 
 def test_cli_prints_statistics(tmp_path):

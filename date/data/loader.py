@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from date.runtime.distributed import DistInfo
+
 
 def collate(batch: Sequence[tuple[torch.Tensor, dict]], *, size_divisibility: int = 128) -> tuple[torch.Tensor, list[dict]]:
     """Stack images into a zero-padded float Tensor[B, 3, Hp, Wp] (padding at bottom / right,
@@ -137,16 +139,15 @@ def _loader(dataset: Dataset, batch_sampler: Sampler, *, num_workers: int, size_
     )
 
 
-def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                       num_workers: int, epoch: int = 0, start_iter: int = 0,
-                       size_divisibility: int = 128) -> DataLoader:
-    """Loader of ONE training epoch of this rank: batches ``(images [B, 3, Hp, Wp], targets)``, the same
-    for the same (seed, epoch, rank, world_size) whatever ``num_workers``. Iteration starts at batch
-    ``start_iter``; ``len()`` is the full number of batches per epoch."""
+def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int, num_workers: int, dist: DistInfo = DistInfo(),
+                       epoch: int = 0, start_iter: int = 0, size_divisibility: int = 128) -> DataLoader:
+    """Loader of ONE training epoch of this process (``dist``: its rank among world_size): batches
+    ``(images [B, 3, Hp, Wp], targets)``, the same for the same (seed, epoch, rank, world_size) whatever
+    ``num_workers``. Iteration starts at batch ``start_iter``; ``len()`` is the full number of batches per epoch."""
     sampler = TrainBatchSampler(num_samples=len(dataset), batch_size=batch_size, seed=seed, epoch=epoch,
-                                rank=rank, world_size=world_size, start_iter=start_iter)
+                                rank=dist.rank, world_size=dist.world_size, start_iter=start_iter)
     return _loader(dataset, sampler, num_workers=num_workers, size_divisibility=size_divisibility,
-                   generator_seed=_mix(seed, epoch, rank, 0x10AD))
+                   generator_seed=_mix(seed, epoch, dist.rank, 0x10AD))
 
 
 def build_eval_loader(dataset: Dataset, *, batch_size: int, num_workers: int, rank: int = 0, world_size: int = 1,

@@ -32,10 +32,13 @@ def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 
 
-def train_line(*, eta_s: float, epoch: int, epochs: int, iteration: int, total_iters: int, loss: float,
+def train_line(*, eta_s: float, epoch: tuple[int, int], iteration: tuple[int, int], loss: float,
                terms: Mapping[str, float], lr: float, img_per_s: float) -> str:
-    """`eta: 0:01:23  epoch: 2/12  iter: 120/960  loss: 1.234  o2o/cls: 0.456 ...  lr: 4.0e-04  img/s: 18.3`."""
-    parts = [f"eta: {format_eta(eta_s)}", f"epoch: {epoch}/{epochs}", f"iter: {iteration}/{total_iters}",
+    """`eta: 0:01:23  epoch: 2/12  iter: 120/960  loss: 1.234  o2o/cls: 0.456 ...  lr: 4.0e-04  img/s: 18.3`.
+
+    ``epoch`` and ``iteration`` are (current, total) pairs, as the line shows them.
+    """
+    parts = [f"eta: {format_eta(eta_s)}", f"epoch: {epoch[0]}/{epoch[1]}", f"iter: {iteration[0]}/{iteration[1]}",
              f"loss: {loss:.4f}"]
     parts += [f"{key}: {value:.4f}" for key, value in terms.items()]
     parts += [f"lr: {lr:.1e}", f"img/s: {img_per_s:.1f}"]

@@ -66,7 +66,9 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"found in cache ({elapsed:.2f} s)" if existed else f"generated in {elapsed:.2f} s")
         if args.stats:
             for split in ("train", "val"):
-                stats = describe(root / f"instances_{split}.json", size_of_interest=list(composed.model.size_of_interest))
+                stats = describe(root / f"instances_{split}.json",
+                                 size_of_interest=list(composed.model.size_of_interest),
+                                 center_sampling_radius=composed.assigner.fcos_center_sampling)
                 print(f"--- {split}")
                 for k, v in stats.items():
                     if k != "ann_file":
