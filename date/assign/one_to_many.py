@@ -23,7 +23,7 @@ def fcos_assign(
     location's level range; a location inside several gts takes the smallest-area one.
 
     Args:
-        points (Tensor[N, 2]), strides (Tensor[N]), level_ranges (Tensor[N, 2]): (low, high] of max(ltrb).
+        points (Tensor[N, 2]), strides (Tensor[N]), level_ranges (Tensor[N, 2]): [low, high] of max(ltrb), both ends included as in FCOS.
         gt_boxes (Tensor[B, M, 4]), gt_valid (Tensor[B, M] bool): False marks padding.
         center_sampling_radius: in strides; None = whole box (DATE's setting).
     Returns:
@@ -100,12 +100,12 @@ class FCOSAssigner:
             raise ValueError(f"size_of_interest needs {len(strides) - 1} boundaries for {len(strides)} levels, "
                              f"got {list(size_of_interest)}")
         bounds = [-1.0, *map(float, size_of_interest), float("inf")]
-        self.level_ranges = list(zip(bounds[:-1], bounds[1:]))  # (low, high] of each level
+        self.level_ranges = list(zip(bounds[:-1], bounds[1:]))  # [low, high] of each level (both ends included)
         self.center_sampling_radius = center_sampling_radius
         self._ranges_cache: tuple | None = None  # ((level sizes, device), ranges): built once per image size
 
     def ranges(self, level_sizes: list[int], device: torch.device) -> Tensor:
-        """Tensor[N, 2]: each location's (low, high], for levels of ``level_sizes`` locations (P3 first)."""
+        """Tensor[N, 2]: each location's [low, high], for levels of ``level_sizes`` locations (P3 first)."""
         key = (tuple(level_sizes), device)
         if self._ranges_cache is None or self._ranges_cache[0] != key:
             ranges = torch.cat([torch.tensor(bounds, device=device).expand(n, 2)
