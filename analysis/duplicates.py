@@ -5,8 +5,9 @@ and the duplicate rate of its raw detections.
     python -m analysis.duplicates --checkpoint FCOS.pth DATE.pth --out outputs/analysis --show 4 --show-score 0.3
 
 Raw detections are the model's top ``detections_per_img`` (100) per image by score, without NMS
-(``predict(nms=False)``, whatever the branch). "With NMS" applies ``torchvision.ops.batched_nms`` at
-the checkpoint's ``model.nms_thresh`` to those same raw detections, for every model alike.
+(date.inference.run_branches with ``nms=False``, whatever the branch). "With NMS" applies
+``torchvision.ops.batched_nms`` at the checkpoint's ``model.nms_thresh`` to those same raw detections, for every
+model alike.
 
 Duplicate rate: detections taken per image in score order are matched greedily, as COCOeval does at
 IoU 0.5: a detection takes the unmatched ground truth of its class with the highest IoU >= 0.5 (a true
@@ -40,6 +41,7 @@ from date.data.coco import CocoDetection
 from date.data.errors import DatasetError
 from date.data.loader import build_eval_loader
 from date.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from date.inference import run_branches
 from date.modeling.build import checkpoint_config, detector_from_checkpoint
 from date.runtime import checkpoint as ckpt
 from date.runtime.distributed import resolve_device
@@ -168,9 +170,10 @@ def load_checkpoint(path: Path, *, device: torch.device, val_sets: Optional[ValS
 @torch.no_grad()
 def raw_and_nms(loaded: Loaded, images: Tensor, targets: Sequence[dict], *, device: torch.device,
                 ) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
-    """One batch's raw detections (``predict(nms=False)``) and the same after ``batched_nms`` at the
-    checkpoint's ``nms_thresh``, on the CPU; boxes in the transformed image's pixels, as the targets'."""
-    raw = loaded.model.predict(images.to(device), [tuple(t["image_size"]) for t in targets], nms=False)
+    """One batch's raw detections (the inference branch with ``nms=False``) and the same after ``batched_nms`` at
+    the checkpoint's ``nms_thresh``, on the CPU; boxes in the transformed image's pixels, as the targets' (the COCO
+    records rescale them: to_coco_results)."""
+    [raw] = run_branches(loaded.model, images, [t["image_size"] for t in targets], device=device, nms=False)
     raw = [{k: v.cpu() for k, v in p.items()} for p in raw]
     after = []
     for p in raw:

@@ -1,7 +1,7 @@
-"""COCO box evaluation with pycocotools: run ``predict`` over a loader, score with ``COCOeval``.
+"""COCO box evaluation with pycocotools: run the inference path over a loader, score with ``COCOeval``.
 
-Detections come out in the transformed image's pixels; COCO wants them in the original file's
-pixels, as [x, y, w, h] with COCO category ids.
+The loader's batches are resized, normalised and padded (date/data); date.inference runs the inference branch and
+rescales its boxes to the original file's pixels; COCO wants them as [x, y, w, h] with COCO category ids.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from date.inference import Detections, rescale, run_branches
+
 log = logging.getLogger(__name__)
 
 # The 12 numbers of COCOeval.stats, in order.
@@ -22,7 +24,7 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
 
 def to_coco_results(predictions: Sequence[dict], targets: Sequence[dict],
                     label_to_category_id: Sequence[int]) -> list[dict]:
-    """Detections of one batch as COCO result records.
+    """Detections of one loader batch as COCO result records.
 
     Args:
         predictions: per image ``boxes`` Tensor[K, 4] xyxy in transformed pixels, ``scores`` [K],
@@ -32,14 +34,20 @@ def to_coco_results(predictions: Sequence[dict], targets: Sequence[dict],
     Returns:
         [{"image_id", "category_id", "bbox": [x, y, w, h] in original pixels, "score"}, ...]
     """
+    detections = rescale(predictions, [t["image_size"] for t in targets], [t["orig_size"] for t in targets])
+    return coco_records(detections, [t["image_id"] for t in targets], label_to_category_id)
+
+
+def coco_records(detections: Sequence[Detections], image_ids: Sequence[int],
+                 label_to_category_id: Sequence[int]) -> list[dict]:
+    """COCO result records of detections whose boxes are in the original image's pixels (date.inference.rescale):
+    [{"image_id", "category_id", "bbox": [x, y, w, h] rounded to 0.01, "score" rounded to 1e-5}, ...]."""
     records = []
-    for pred, target in zip(predictions, targets):
-        (h0, w0), (h, w) = target["orig_size"], target["image_size"]
-        boxes = pred["boxes"].detach().float().cpu()  # [K, 4] xyxy, transformed pixels
-        boxes = boxes * torch.tensor([w0 / w, h0 / h, w0 / w, h0 / h])
+    for det, image_id in zip(detections, image_ids):
+        boxes = det["boxes"]  # [K, 4] xyxy
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)  # [K, 4]
-        for box, score, label in zip(xywh.tolist(), pred["scores"].float().tolist(), pred["labels"].tolist()):
-            records.append({"image_id": int(target["image_id"]), "category_id": int(label_to_category_id[label]),
+        for box, score, label in zip(xywh.tolist(), det["scores"].float().tolist(), det["labels"].tolist()):
+            records.append({"image_id": int(image_id), "category_id": int(label_to_category_id[label]),
                             "bbox": [round(v, 2) for v in box], "score": round(score, 5)})
     return records
 
@@ -74,11 +82,12 @@ def coco_stats(coco_gt: COCO, results: list[dict], image_ids: Iterable[int] | No
 def predict_coco(*, model: torch.nn.Module, loader: Iterable, label_to_category_id: Sequence[int],
                  device: torch.device, amp_dtype: Optional[torch.dtype] = None,
                  branch: str | None = None) -> tuple[list[dict], list[int]]:
-    """Run ``model.predict`` over ``loader``; returns (COCO result records, the image ids seen).
+    """Run ``model.predict`` over ``loader`` (date.inference.run_branches); returns (COCO result records, the image
+    ids seen).
 
     Args:
-        model: a detector with ``predict_branches(images [B, 3, H, W], image_sizes, branches) -> per branch
-            a list of per-image dicts`` (not DDP-wrapped; see DATEDetector).
+        model: a detector with ``predict_branches(images [B, 3, H, W], image_sizes, branches, *, nms) -> per
+            branch a list of per-image dicts`` (not DDP-wrapped; see DATEDetector).
         loader: yields (images [B, 3, Hp, Wp], targets) as described in date/data.
         label_to_category_id: contiguous label -> COCO category id.
         amp_dtype: run the forward under autocast to this dtype (None: no autocast).
@@ -101,9 +110,8 @@ def predict_coco_branches(*, model: torch.nn.Module, loader: Iterable, label_to_
     image_ids: list[int] = []
     try:
         for images, targets in loader:
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                predictions = model.predict_branches(images.to(device, non_blocking=True),
-                                                     [tuple(t["image_size"]) for t in targets], branches)
+            predictions = run_branches(model, images, [t["image_size"] for t in targets], branches, device=device,
+                                       amp_dtype=amp_dtype)
             for records, branch_predictions in zip(results, predictions):
                 records += to_coco_results(branch_predictions, targets, label_to_category_id)
             image_ids += [int(t["image_id"]) for t in targets]

@@ -20,7 +20,8 @@ from torch.nn.utils.rnn import pad_sequence
 from date.assign import POTO, FCOSAssigner, TopKAssigner
 from date.box_ops import distances_to_boxes, point_to_box_distances
 from date.losses import centerness_targets, classification_loss, o2m_box_losses, o2o_box_losses
-from date.modeling.detector import Locations, o2o_logits
+from date.modeling.decode import o2o_logits
+from date.modeling.detector import Locations
 
 
 class GroundTruth(NamedTuple):

@@ -7,9 +7,10 @@ onnxscript), which needs the ``export`` extra (``pip install -e ".[export]"``).
 
 Input ``images``: float32 [B, 3, H, W], what ``predict`` takes: each image resized so its short side is
 ``dataset.test_short_size`` (long side <= ``max_size``), normalised with the ImageNet mean and std, then
-zero-padded at the bottom / right to H, W multiples of 128 (date/runtime/logged_model.py ``detect`` does all
-three). Normalisation stays outside the graph because the padding comes after it (zeros of the normalised
-image). ``image_sizes``: int64 [B, 2], each image's (h, w) before padding (boxes are clipped to it).
+zero-padded at the bottom / right to H, W multiples of 128 (steps 1-3 of date/inference.py; ``preprocess`` does
+all three). Normalisation stays outside the graph because the padding comes after it (zeros of the normalised
+image). ``image_sizes``: int64 [B, 2], each image's (h, w) before padding (boxes are clipped to it). Boxes come out
+in those pixels: scaling them to the original image (date.inference.rescale) is the caller's.
 
 Outputs (ONNX needs a fixed structure, so detections are padded): ``boxes`` [B, K, 4] xyxy in input pixels,
 ``scores`` [B, K], ``labels`` [B, K] int64 (contiguous labels, as ``predict``), ``num_detections`` [B]:
@@ -33,19 +34,19 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from date.box_ops import distances_to_boxes
 from date import cli
 from date.config import ConfigError, check_ranges
 from date.errors import INPUT_ERRORS
+from date.inference import SIZE_DIVISIBILITY
 from date.modeling.build import checkpoint_num_classes, detector_from_checkpoint
-from date.modeling.detector import DATEDetector, _top_per_level, o2o_logits
+from date.modeling.decode import candidates, location_points
+from date.modeling.detector import DATEDetector
 from date.runtime import checkpoint as ckpt
 from date.runtime.logs import errors_as_messages, quiet_third_party
 from date.runtime.outputs import check_output_file
 
 INPUT_NAMES = ("images", "image_sizes")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
-SIZE_DIVISIBILITY = 128  # the eval loader's padding (date.data.loader.collate); the graph's H and W are multiples
 OPSET = 18
 
 
@@ -68,7 +69,7 @@ def nms_keep(boxes: Tensor, scores: Tensor, labels: Tensor, num_classes: int, io
     """Which candidates survive the FCOS baseline's NMS, as a mask [B, K] over boxes [B, K, 4] / scores [B, K].
 
     Per image: torchvision's ``batched_nms`` (per class) of the candidates scoring above ``score_threshold``,
-    exactly as ``DATEDetector._decode`` runs it. An op of its own because ONNX's NonMaxSuppression does
+    exactly as date.modeling.decode.per_image_detections runs it. An op of its own because ONNX's NonMaxSuppression does
     the whole batch and every class at once (see :func:`nms_keep_onnx`), while a Python loop over images
     cannot be exported with a dynamic batch.
     """
@@ -106,9 +107,10 @@ def nms_keep_onnx(boxes, scores, labels, num_classes: int, iou_threshold: float,
 
 # ------------------------------------------------------------------ the exported module
 class ExportableDetector(nn.Module):
-    """The inference branch of a DATEDetector as a graph ONNX can hold: the detector's own layers and per-level
-    top-k, then batch-wide ops where ``_decode`` loops over images (clipping to each image's size, the score
-    threshold, NMS as one op) and no data-dependent shapes: detections padded to ``detections_per_img``.
+    """The inference branch of a DATEDetector as a graph ONNX can hold: the detector's own layers and candidates
+    (date.modeling.decode.candidates), then batch-wide ops where the decoding loops over images (clipping to each
+    image's size, the score threshold, NMS as one op) and no data-dependent shapes: detections padded to
+    ``detections_per_img``.
     Its detections equal ``detector.predict``'s (tests/test_export.py)."""
 
     def __init__(self, detector: DATEDetector):
@@ -121,40 +123,22 @@ class ExportableDetector(nn.Module):
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """images [B, 3, H, W] and image_sizes [B, 2] (h, w) -> boxes [B, K, 4], scores [B, K], labels [B, K],
         num_detections [B] (see the module docstring)."""
-        d = self.detector
+        d, decoding = self.detector, self.detector.decoding
         features = list(d.backbone(images).values())
         out = d.head(features, (self.branch,))[self.branch]
+        # the points without the detector's cache, whose key would hold the export's symbolic sizes
+        cand = candidates(out, self.branch, location_points(features, d.strides),
+                          [f.shape[-2] * f.shape[-1] for f in features], decoding.per_level(self.branch))  # [B, K]
+        boxes = clip_boxes(cand.boxes, image_sizes)
         if self.branch == "o2o":
-            scores = o2o_logits(out).float().sigmoid()  # [B, N, C]
-            per_level = d.topk_candidates
+            ranked = cand.scores
         else:
-            scores = torch.sqrt(out["cls"].float().sigmoid() * out["ctr"].float().sigmoid()[..., None])
-            per_level = d.nms_topk_candidates
-        top_scores, top_loc, top_labels = _top_per_level(scores, [f.shape[-2] * f.shape[-1] for f in features],
-                                                         per_level)
-        ltrb = out["ltrb"].float().gather(1, top_loc[..., None].expand(-1, -1, 4))  # [B, K, 4]
-        points = location_points(features, d.strides)[top_loc]  # [B, K, 2]
-        boxes = clip_boxes(distances_to_boxes(points, ltrb), image_sizes)
-        if self.branch == "o2o":
-            ranked = top_scores
-        else:
-            keep = nms_keep(boxes, top_scores, top_labels, self.num_classes, d.nms_thresh, d.score_thresh)
-            ranked = torch.where(keep, top_scores, -1.0)  # suppressed candidates rank last, below the threshold
-        ranked, order = ranked.topk(min(d.detections_per_img, ranked.shape[1]), dim=1)
+            keep = nms_keep(boxes, cand.scores, cand.labels, self.num_classes, decoding.nms_thresh,
+                            decoding.score_thresh)
+            ranked = torch.where(keep, cand.scores, -1.0)  # suppressed candidates rank last, below the threshold
+        ranked, order = ranked.topk(min(decoding.detections_per_img, ranked.shape[1]), dim=1)
         return padded_detections(boxes.gather(1, order[..., None].expand(-1, -1, 4)), ranked,
-                                 top_labels.gather(1, order), d.score_thresh, d.detections_per_img)
-
-
-def location_points(features: list[Tensor], strides: tuple[int, ...]) -> Tensor:
-    """The (x, y) centres of every level's locations, [N, 2], as DATEDetector._locations computes them
-    (without its cache, whose key would hold the export's symbolic sizes)."""
-    points = []
-    for feature, stride in zip(features, strides):
-        h, w = feature.shape[-2:]
-        ys, xs = torch.meshgrid(torch.arange(h, device=feature.device), torch.arange(w, device=feature.device),
-                                indexing="ij")
-        points.append((torch.stack([xs, ys], dim=-1).reshape(-1, 2).float() + 0.5) * stride)
-    return torch.cat(points)
+                                 cand.labels.gather(1, order), decoding.score_thresh, decoding.detections_per_img)
 
 
 def clip_boxes(boxes: Tensor, image_sizes: Tensor) -> Tensor:

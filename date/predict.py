@@ -2,18 +2,18 @@
 
 ``images`` is a folder (its files with one of IMAGE_EXTENSIONS, not recursive), one file, or a list of both
 (``images=[a.jpg,more/]``). The detector and its evaluation pipeline come from the checkpoint, through
-date.runtime.logged_model (short side to ``dataset.test_short_size``, long side <= ``max_size``, ImageNet
-normalisation, padding to 128): images at the evaluation size get the detections date.coco_eval scores.
+date.inference (short side to ``dataset.test_short_size``, long side <= ``max_size``, ImageNet normalisation,
+padding to 128): images at the evaluation size get the detections date.coco_eval scores.
 The checkpoint does not store its classes: their ids and names are the "categories" of the val annotation file of
 the checkpoint's dataset (date.data.build.dataset_paths; a synthetic one is generated if not cached), sorted by
 id as date.data.coco.CocoDetection numbers them. Consecutive images of one size are detected together,
-``batch_size`` at a time (one resize per batch, as date.runtime.logged_model.detect takes them).
+``batch_size`` at a time (one resize per batch, as date.inference.Inference takes them).
 
 Writes into ``out`` (a new or empty folder, or an earlier prediction's; checked before any image is read, as
 date.runtime.outputs says; created only then), and nowhere else:
 - predict.log: this command's log;
 - detections.json: COCO results, every detection the checkpoint's detector keeps (its ``model.score_thresh``),
-  as date.coco_eval.to_coco_results writes the evaluation's: image_id, category_id (the training data's),
+  as date.coco_eval.coco_records writes the evaluation's: image_id, category_id (the training data's),
   bbox [x, y, w, h] in the file's pixels, score;
 - images.json: {"images": [{id, file_name, width, height}], "categories": [{id, name}]}, ids from 1 in input
   order, so that ``COCO("images.json").loadRes("detections.json")`` loads the pair;
@@ -39,24 +39,22 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from torchvision.ops import box_convert
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from date.coco_eval import to_coco_results
+from date.coco_eval import coco_records
 from date import cli
 from date.config import ConfigError, amp_field, amp_setting, at_least, check_ranges, device_field, in_unit_interval
 from date.data.build import dataset_paths
 from date.data.coco import open_image, read_annotation_file
 from date.data.errors import DatasetError
 from date.errors import INPUT_ERRORS
+from date.inference import Inference
 from date.modeling.build import checkpoint_config
-from date.modeling.detector import DATEDetector
 from date.runtime import checkpoint as ckpt
 from date.runtime.distributed import autocast_dtype, resolve_device
-from date.runtime.logged_model import detect, load_detector
 from date.runtime.logs import errors_as_messages, log_to_file, quiet_third_party
 from date.runtime.outputs import check_output_folder
 
@@ -106,13 +104,12 @@ def run(cfg: DictConfig) -> None:
     checkpoint = Path(cfg.checkpoint).expanduser()
     saved = ckpt.load(checkpoint)
     categories = checkpoint_categories(saved)
-    detector, resize = load_detector(checkpoint, label_to_category_id=[c["id"] for c in categories], saved=saved)
-    detector.to(device)
+    inference = Inference.from_checkpoint(checkpoint, label_to_category_id=[c["id"] for c in categories],
+                                          saved=saved, device=device,
+                                          amp_dtype=autocast_dtype(amp_setting(cfg.amp), device))
     out.mkdir(parents=True, exist_ok=True)
     log_to_file(out / "predict.log")
-    predictor = Predictor(detector=detector, resize=resize, categories=categories, device=device,
-                          amp_dtype=autocast_dtype(amp_setting(cfg.amp), device), score_thresh=cfg.score_thresh,
-                          out=out)
+    predictor = Predictor(inference=inference, categories=categories, score_thresh=cfg.score_thresh, out=out)
     images, results, unreadable = predictor.run(files, batch_size=cfg.batch_size)
     ckpt.write_atomic(out / "detections.json", json.dumps(results))
     ckpt.write_atomic(out / "images.json", json.dumps({"images": images, "categories": categories}, indent=1))
@@ -198,11 +195,8 @@ def checkpoint_categories(saved: dict) -> list[dict]:
 class Predictor:
     """Reads, detects and draws images, batch by batch (see the module docstring)."""
 
-    detector: DATEDetector
-    resize: v2.Transform  # the checkpoint's evaluation resize (load_detector)
+    inference: Inference  # the checkpoint's detector, evaluation resize, device and autocast
     categories: list[dict]
-    device: torch.device
-    amp_dtype: Optional[torch.dtype]
     score_thresh: float
     out: Path
 
@@ -234,12 +228,8 @@ class Predictor:
     def detect_and_draw(self, batch: Sequence[Input]) -> list[dict]:
         """The COCO results of a batch of same-size images; writes each one's drawn <stem>.png."""
         pixels = torch.stack([item.pixels for item in batch])  # [B, 3, H0, W0] uint8
-        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            predictions, (sx, sy) = detect(self.detector, self.resize, F.to_dtype(pixels, torch.float32, scale=True),
-                                           self.device)
-        (h0, w0), resized = pixels.shape[-2:], (round(pixels.shape[-2] / sy), round(pixels.shape[-1] / sx))
-        targets = [{"image_id": item.image_id, "orig_size": (h0, w0), "image_size": resized} for item in batch]
-        records = to_coco_results(predictions, targets, [c["id"] for c in self.categories])
+        detections = self.inference(F.to_dtype(pixels, torch.float32, scale=True))  # boxes in the files' pixels
+        records = coco_records(detections, [item.image_id for item in batch], [c["id"] for c in self.categories])
         for item in batch:
             drawn = self.draw(item.pixels, [r for r in records if r["image_id"] == item.image_id])
             F.to_pil_image(drawn).save(self.out / f"{item.path.stem}.png")

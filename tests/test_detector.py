@@ -211,7 +211,7 @@ def _overlapping_detector(mode):
     with torch.no_grad():
         # o2o: ltrb = relu(x) * stride -> 2 strides per side; o2m: ltrb = exp(x) -> ~20 pixels per side
         model.head.predictors[branch]["box"].bias.fill_(2.0 if branch == "o2o" else 3.0)
-    model.score_thresh = 0.0
+    model.decoding.score_thresh = 0.0
     return model
 
 
@@ -234,11 +234,11 @@ def test_predict_nms_option_keeps_the_default_and_exposes_raw_detections(mode):
         for key in ("boxes", "scores", "labels"):
             assert torch.equal(d[key], s[key]), key
     for r, s in zip(raw, suppressed):
-        assert len(r["scores"]) == model.detections_per_img  # the raw top-k, nothing suppressed
+        assert len(r["scores"]) == model.decoding.detections_per_img  # the raw top-k, nothing suppressed
         assert torch.all(r["scores"][:-1] >= r["scores"][1:])
-        assert _same_label_overlaps(r, model.nms_thresh) > 0  # raw: overlapping same-class boxes
-        assert _same_label_overlaps(s, model.nms_thresh) == 0  # NMS: none left
-        assert len(s["scores"]) <= model.detections_per_img
+        assert _same_label_overlaps(r, model.decoding.nms_thresh) > 0  # raw: overlapping same-class boxes
+        assert _same_label_overlaps(s, model.decoding.nms_thresh) == 0  # NMS: none left
+        assert len(s["scores"]) <= model.decoding.detections_per_img
 
 
 @pytest.mark.parametrize("share_towers", [True, False])
@@ -248,7 +248,7 @@ def test_predict_branches_gives_each_branch_what_predict_gives_it(share_towers):
     with torch.no_grad():
         for branch in ("o2o", "o2m"):
             model.head.predictors[branch]["box"].bias.fill_(2.0 if branch == "o2o" else 3.0)
-    model.score_thresh = 0.0
+    model.decoding.score_thresh = 0.0
     images, targets = batch()
     sizes = [t["image_size"] for t in targets]
     both = model.predict_branches(images, sizes, (None, "o2m"))

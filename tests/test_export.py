@@ -105,7 +105,7 @@ def test_onnxruntime_detects_as_pytorch_at_every_batch_and_image_size(exported, 
             assert_same_detections(onnx_out, i, ref, box_rtol=1e-3, score_atol=1e-4)
             counts.append(len(ref["scores"]))
     assert shapes == {(b, 3, h, w) for b in (1, 2) for h, w in ((128, 128), (256, 256), (256, 128))}
-    limit = detector.detections_per_img
+    limit = detector.decoding.detections_per_img
     assert 0 < max(counts) and min(counts) < limit, f"{counts}: every image kept none or all {limit}; see MODES"
 
 

@@ -106,3 +106,41 @@ def test_no_function_is_longer_than_a_screen():
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({length} lines)")
     assert not too_long, too_long
+
+
+def _private_imports(name: str, path: Path) -> list[str]:
+    """Where ``name`` takes another project module's private name: ``from x import _y``, or ``x._y`` with ``x`` a
+    project module it imported (``import date.x as x``, ``from date import x``); dunders are public."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    private = lambda attr: attr.startswith("_") and not attr.startswith("__")  # noqa: E731
+    found, aliases = [], {}  # aliases: local name -> the project module it is bound to
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in MODULES:
+                    aliases[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                if f"{base}.{alias.name}" in MODULES:
+                    aliases[alias.asname or alias.name] = f"{base}.{alias.name}"
+                elif base in MODULES and base != name and private(alias.name):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} from {base} import {alias.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and private(node.attr):
+            owner = ast.unparse(node.value)
+            module = aliases.get(owner, owner)  # a dotted path (date.runtime.tracking._x) is its own name
+            if module in MODULES and module != name:
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} {owner}.{node.attr}")
+    return found
+
+
+def test_no_module_takes_another_modules_private_names():
+    """What modules share is public: a private name (``_x``) is its own module's, free to change without a look
+    elsewhere."""
+    found = [hit for name, path in MODULES.items() for hit in _private_imports(name, path)]
+    assert not found, found

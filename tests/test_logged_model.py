@@ -17,6 +17,7 @@ from date.config import compose_config, flatten, resolved_config
 from date.data.build import build_val_dataset
 from date.data.coco import open_image
 from date.data.loader import build_eval_loader
+from date.inference import rescale
 from date.modeling.build import build_detector, detector_from_checkpoint
 from date.runtime import checkpoint as ckpt
 from date.runtime.checkpoint import CheckpointError
@@ -128,7 +129,9 @@ def test_boxes_scale_back_to_the_input_pixels_and_labels_become_category_ids():
     prediction = {"boxes": torch.tensor([[10.0, 5.0, 40.0, 25.0]]), "scores": torch.tensor([0.9]),
                   "labels": torch.tensor([1])}
     empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
-    frame = detections_frame([empty, prediction], scale=(2.0, 0.5), label_to_category_id=[3, 5])
+    # resized from 25 x 200 (H0, W0) to 50 x 100: x scales by 2, y by 0.5
+    frame = detections_frame(rescale([empty, prediction], [(50, 100)] * 2, [(25, 200)] * 2),
+                             label_to_category_id=[3, 5])
     assert frame.to_dict("records") == [{"image_index": 1, "x1": 20.0, "y1": 2.5, "x2": 80.0, "y2": 12.5,
                                          "score": pytest.approx(0.9), "category_id": 5}]
 

@@ -11,6 +11,7 @@ from date.assign import POTO, FCOSAssigner, TopKAssigner
 from date.config import BRANCHES, Mode, O2MRule, TrainConfig
 from date.criterion import DATECriterion
 from date.modeling.backbone import build_resnet_fpn
+from date.modeling.decode import Decoding
 from date.modeling.detector import DATEDetector
 from date.modeling.head import DATEHead
 from date.runtime.checkpoint import CheckpointError
@@ -26,9 +27,10 @@ def build_detector(cfg, *, num_classes: int) -> DATEDetector:
     head = DATEHead(channels=cfg.backbone.fpn_channels, num_classes=num_classes, strides=STRIDES,
                     branches=BRANCHES[mode], num_convs=m.num_convs, use_3dmf=m.use_3dmf, prior_prob=m.prior_prob,
                     share_towers=m.share_towers, o2m_box_coding=str(m.o2m_box_coding), o2m_detach=m.o2m_detach)
-    return DATEDetector(backbone=body, head=head, strides=STRIDES, inference_branch="o2m" if mode == Mode.o2m else "o2o",
-                        score_thresh=m.score_thresh, topk_candidates=m.topk_candidates,
+    decoding = Decoding(score_thresh=m.score_thresh, topk_candidates=m.topk_candidates,
                         detections_per_img=m.detections_per_img, nms_thresh=m.nms_thresh)
+    return DATEDetector(backbone=body, head=head, strides=STRIDES, inference_branch="o2m" if mode == Mode.o2m else "o2o",
+                        decoding=decoding)
 
 
 def build_criterion(cfg) -> DATECriterion:

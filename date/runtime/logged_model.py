@@ -7,11 +7,11 @@ unlike ``mlflow.pytorch``. The ``date`` package travels with the model (``code_p
 requirements are pinned to this environment's versions, so it loads where the suite is not installed.
 
 Input: float32 ``[B, 3, H, W]``, RGB in [0, 1] (uint8 / 255, what torchvision's ``to_dtype(scale=True)``
-gives), H and W free. ``predict`` does what the COCO evaluation's data pipeline does (date/data/transforms.py
-eval recipe, date/data/loader.py ``collate``): short side to ``dataset.test_short_size`` (long side
-<= ``max_size``), ImageNet normalisation, zero padding to multiples of 128; then ``DATEDetector.predict``.
-Images at the evaluation size give the detections date.coco_eval scores; other sizes are resized from
-floats rather than from uint8 as the dataset does, which moves pixels by up to 1/255.
+gives), H and W free. ``predict`` runs date.inference, the evaluation's pipeline: short side to
+``dataset.test_short_size`` (long side <= ``max_size``), ImageNet normalisation, zero padding to multiples of
+128, ``DATEDetector.predict``, boxes back to the input's pixels. Images at the evaluation size give the detections
+date.coco_eval scores; other sizes are resized from floats rather than from uint8 as the dataset does, which
+moves pixels by up to 1/255.
 
 Output: a DataFrame, one row per detection: ``image_index`` (position in the batch), ``x1 y1 x2 y2``
 (xyxy in the input image's pixels), ``score``, ``category_id`` (the training data's category id).
@@ -37,19 +37,10 @@ from mlflow.models import Model, ModelSignature
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.types import ColSpec, Schema, TensorSpec
 from packaging.version import Version
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
 import date
-from date.data.build import transform_sizes
-from date.data.loader import collate
-from date.data.transforms import IMAGENET_MEAN, IMAGENET_STD, geometric_transforms
-from date.modeling.build import checkpoint_config, checkpoint_num_classes, detector_from_checkpoint
-from date.modeling.detector import DATEDetector
-from date.runtime import checkpoint as ckpt
-from date.runtime.checkpoint import CheckpointError
-from date.runtime.tracking import _is_http, _quick_requests
+from date.inference import Detections, Inference, load_detector
+from date.runtime.tracking import is_http, quick_requests
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 OUTPUT_COLUMNS = (("image_index", "long"), ("x1", "float"), ("y1", "float"), ("x2", "float"), ("y2", "float"),
@@ -71,30 +62,13 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         self.label_to_category_id = [int(c) for c in label_to_category_id]
 
     def load_context(self, context) -> None:
-        self.device = torch.device((context.model_config or {}).get("device", "cpu"))
-        self.detector, self.resize = load_detector(Path(context.artifacts[CHECKPOINT_ARTIFACT]),
-                                                   label_to_category_id=self.label_to_category_id)
-        self.detector.to(self.device)
+        device = torch.device((context.model_config or {}).get("device", "cpu"))
+        self.inference = Inference.from_checkpoint(Path(context.artifacts[CHECKPOINT_ARTIFACT]),
+                                                   label_to_category_id=self.label_to_category_id, device=device)
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
-        images = checked_images(model_input)
-        predictions, scale = detect(self.detector, self.resize, images, self.device)
-        return detections_frame(predictions, scale=scale, label_to_category_id=self.label_to_category_id)
-
-
-def load_detector(checkpoint: Path, *, label_to_category_id: Sequence[int],
-                  saved: dict | None = None) -> tuple[DATEDetector, v2.Transform]:
-    """The checkpoint's detector in eval mode on the CPU and its evaluation resize; ``saved``: the checkpoint
-    already loaded (date.predict reads its category ids first). Raises CheckpointError."""
-    saved = ckpt.load(checkpoint) if saved is None else saved
-    classes = checkpoint_num_classes(saved, checkpoint)
-    if classes != len(label_to_category_id):
-        raise CheckpointError(f"{checkpoint} predicts {classes} classes but label_to_category_id has "
-                              f"{len(label_to_category_id)} entries ({list(label_to_category_id)}). Pass the "
-                              "label_to_category_id of the dataset the checkpoint was trained on.")
-    detector = detector_from_checkpoint(saved, num_classes=classes).eval()
-    resize = geometric_transforms(train=False, **transform_sizes(checkpoint_config(saved).dataset))
-    return detector, resize
+        return detections_frame(self.inference(checked_images(model_input)),
+                                label_to_category_id=self.label_to_category_id)
 
 
 def checked_images(model_input) -> torch.Tensor:
@@ -114,33 +88,15 @@ def checked_images(model_input) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images))
 
 
-@torch.no_grad()
-def detect(detector: DATEDetector, resize: v2.Transform, images: torch.Tensor,
-           device: torch.device) -> tuple[list[dict[str, torch.Tensor]], tuple[float, float]]:
-    """The evaluation's pipeline on images [B, 3, H0, W0] in [0, 1]: resize, normalise, pad, predict.
-
-    Returns (per image "boxes" [K, 4] xyxy in resized pixels, "scores" [K], "labels" [K]; the factors
-    (W0 / W, H0 / H) back to the input's pixels).
-    """
-    (h0, w0), resized = images.shape[-2:], resize(tv_tensors.Image(images)).as_subclass(torch.Tensor)
-    h, w = resized.shape[-2:]
-    normalised = F.normalize(resized, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    batch, _ = collate([(image, {}) for image in normalised])  # [B, 3, Hp, Wp], as the eval loader pads
-    predictions = detector.predict(batch.to(device), [(h, w)] * len(batch))
-    return predictions, (w0 / w, h0 / h)
-
-
-def detections_frame(predictions: Sequence[dict[str, torch.Tensor]], *, scale: tuple[float, float],
-                     label_to_category_id: Sequence[int]) -> pd.DataFrame:
-    """One row per detection (columns OUTPUT_COLUMNS); boxes scaled to the input pixels as
-    date.coco_eval.to_coco_results scales them to the original image."""
-    sx, sy = scale
-    counts = [len(p["scores"]) for p in predictions]
-    boxes = torch.cat([p["boxes"].detach().float().cpu() for p in predictions]) * torch.tensor([sx, sy, sx, sy])
-    labels = torch.cat([p["labels"].cpu() for p in predictions])
-    columns = {"image_index": np.repeat(np.arange(len(predictions), dtype=np.int64), counts),
+def detections_frame(detections: Sequence[Detections], *, label_to_category_id: Sequence[int]) -> pd.DataFrame:
+    """One row per detection (columns OUTPUT_COLUMNS) of per-image detections whose boxes are in the input's
+    pixels (date.inference.Inference's)."""
+    counts = [len(d["scores"]) for d in detections]
+    boxes = torch.cat([d["boxes"] for d in detections])  # [sum K, 4]
+    labels = torch.cat([d["labels"] for d in detections])
+    columns = {"image_index": np.repeat(np.arange(len(detections), dtype=np.int64), counts),
                **{name: boxes[:, i].numpy() for i, name in enumerate(("x1", "y1", "x2", "y2"))},
-               "score": torch.cat([p["scores"].detach().float().cpu() for p in predictions]).numpy(),
+               "score": torch.cat([d["scores"] for d in detections]).numpy(),
                "category_id": np.asarray(label_to_category_id, dtype=np.int64)[labels.numpy()]}
     return pd.DataFrame(columns)
 
@@ -169,7 +125,7 @@ def _tracking_uri(uri: str) -> Iterator[None]:
     model serves loads it, which prepends its code folder)."""
     env, path = os.environ.get("MLFLOW_TRACKING_URI"), list(sys.path)
     try:
-        with _use_tracking_uri(uri), _quick_requests(UPLOAD_TIMEOUT_S) if _is_http(uri) else contextlib.nullcontext():
+        with _use_tracking_uri(uri), quick_requests(UPLOAD_TIMEOUT_S) if is_http(uri) else contextlib.nullcontext():
             yield
     finally:
         sys.path[:] = path

@@ -82,7 +82,8 @@ def _sqlite_path(uri: str) -> Optional[Path]:
     return Path(uri[len("sqlite:///"):]).expanduser().absolute()
 
 
-def _is_http(uri: str) -> bool:
+def is_http(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server's (``http(s)://``), whose requests :func:`quick_requests` shortens."""
     return uri.startswith(("http://", "https://"))
 
 
@@ -107,14 +108,15 @@ def _environ(**values: str):
                 os.environ[key] = value
 
 
-def _quick_requests(timeout_s: float = PROBE_TIMEOUT_S):
-    """Inside the training loop a dead server must cost seconds, not MLflow's minutes of retries."""
+def quick_requests(timeout_s: float = PROBE_TIMEOUT_S):
+    """A block in which MLflow's requests to a server neither retry nor wait longer than ``timeout_s``: inside the
+    training loop (and the final model's upload) a dead server must cost seconds, not MLflow's minutes of retries."""
     return _environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(max(timeout_s, 1))))
 
 
 def check_reachable(uri: str, *, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Fail fast (TrackingError) when the store cannot be reached, before any training starts."""
-    if _is_http(uri):
+    if is_http(uri):
         try:
             urllib.request.urlopen(_without_credentials(uri).rstrip("/") + "/health", timeout=timeout_s).close()
         except urllib.error.HTTPError:
@@ -346,7 +348,7 @@ class RunTracker:
         monitor, self._system_metrics = self._system_metrics, None
         if monitor is None:
             return
-        with _quick_requests() if _is_http(self.uri) else contextlib.nullcontext():
+        with quick_requests() if is_http(self.uri) else contextlib.nullcontext():
             stopper = threading.Thread(target=monitor.finish, name="stop-system-metrics", daemon=True)
             stopper.start()
             stopper.join(SYSTEM_METRICS_STOP_S)
@@ -418,7 +420,7 @@ class RunTracker:
         if not force and time.monotonic() < self._next_try:
             return False
         try:
-            with _quick_requests() if _is_http(self.uri) else contextlib.nullcontext():
+            with quick_requests() if is_http(self.uri) else contextlib.nullcontext():
                 while self._pending:
                     chunk = self._pending[:1000]  # log_batch takes at most 1000 metrics
                     self.client.log_batch(self.run_id, metrics=[Metric(k, v, t, s) for k, v, s, t in chunk])
@@ -463,7 +465,7 @@ class RunTracker:
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
         """Upload a file; a failure is logged, not raised (it must not fail a finished training)."""
         try:
-            with _quick_requests(30) if _is_http(self.uri) else contextlib.nullcontext():
+            with quick_requests(30) if is_http(self.uri) else contextlib.nullcontext():
                 self.client.log_artifact(self.run_id, str(path), artifact_path)
         except Exception as exc:
             log.warning("Could not upload %s to MLflow run %s: %s", path, self.run_id, mask_credentials(str(exc)))
@@ -474,7 +476,7 @@ class RunTracker:
         # MLflow prints the run's link on stdout, password and all
         quiet = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"} if self.display_uri != self.uri else {}
         try:
-            with _quick_requests() if _is_http(self.uri) else contextlib.nullcontext(), _environ(**quiet):
+            with quick_requests() if is_http(self.uri) else contextlib.nullcontext(), _environ(**quiet):
                 self.client.set_terminated(self.run_id, status=status)
         except Exception as exc:
             log.warning("Could not mark MLflow run %s %s: %s", self.run_id, status, mask_credentials(str(exc)))
