@@ -143,6 +143,7 @@ def test_describe_counts(tmp_path):
     assert stats["objects_per_image"]["min"] <= stats["objects_per_image"]["mean"] <= stats["objects_per_image"]["max"]
 
 
+@pytest.mark.slow
 def test_cli_prints_statistics(tmp_path):
     args = [sys.executable, "-m", "date.data.synthetic", "--cache-dir", str(tmp_path), "num_train=3", "num_val=2",
             "image_size=64", "max_objects=5"]
