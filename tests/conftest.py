@@ -1,6 +1,7 @@
-"""Shared fixtures: a sandboxed environment for `python -m date.*` runs (in a subprocess, or in-process for
-commands refused before any work), one local MLflow server for the session, and the uninterrupted reference
-run that the stop-and-resume tests compare with (trained once per session).
+"""Shared fixtures: a sandboxed environment for `python -m date.*` runs (in a subprocess where the process itself is
+tested: signals, a training's exit, preemption, SLURM; in-process for commands that train nothing), one local MLflow
+server for the session, and the uninterrupted reference run that the stop-and-resume tests compare with (trained
+once per session).
 
 Every run started by the tests writes its MLflow store, synthetic data and outputs under pytest's
 temporary directories, never into ~/.local/share/date or ~/.cache/date.
@@ -104,10 +105,11 @@ def run_module(module: str, args: list[str], *, env: dict[str, str], cwd: Path, 
 
 
 def run_in_process(module: str, args: list[str], *, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    """`python -m <module> <args>` run in this process, for commands refused before any work: the same result as
-    run_module (exit code, stdout, stderr; an uncaught exception is its traceback on stderr and exit code 1) without
-    starting Python and importing torch again (seconds each). What the command changes in this process is put back:
-    the environment, cwd, sys.argv, logging, signal handlers, torch's grad mode and threads, Hydra's global state."""
+    """`python -m <module> <args>` run in this process, for commands that train nothing (refusals, --help, a small
+    evaluation): the same result as run_module (exit code, stdout, stderr; an uncaught exception is its traceback on
+    stderr and exit code 1) without starting Python and importing torch again (seconds each). What the command
+    changes in this process is put back: the environment, cwd, sys.argv, logging, signal handlers, torch's grad mode
+    and threads, Hydra's global state."""
     import torch
     from hydra.core.global_hydra import GlobalHydra
 
@@ -115,7 +117,8 @@ def run_in_process(module: str, args: list[str], *, env: dict[str, str], cwd: Pa
                                       if isinstance(v, logging.Logger))]
     saved_loggers = [(lg, lg.handlers[:], lg.level, lg.disabled, lg.propagate) for lg in loggers]
     saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
-    saved = (dict(os.environ), os.getcwd(), sys.argv, torch.is_grad_enabled(), torch.get_num_threads())
+    environ, cwd_before, argv, grad, threads = (dict(os.environ), os.getcwd(), sys.argv, torch.is_grad_enabled(),
+                                                torch.get_num_threads())
     stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
     os.environ.clear()
     os.environ.update(env)
@@ -137,11 +140,11 @@ def run_in_process(module: str, args: list[str], *, env: dict[str, str], cwd: Pa
                 returncode = 1
     finally:
         os.environ.clear()
-        os.environ.update(saved[0])
-        os.chdir(saved[1])
-        sys.argv = saved[2]
-        torch.set_grad_enabled(saved[3])
-        torch.set_num_threads(saved[4])
+        os.environ.update(environ)
+        os.chdir(cwd_before)
+        sys.argv = argv
+        torch.set_grad_enabled(grad)
+        torch.set_num_threads(threads)
         for s, handler in saved_signals.items():
             signal.signal(s, handler)
         for lg, handlers, level, disabled, propagate in saved_loggers:
