@@ -1,18 +1,28 @@
-"""Shared fixtures: a sandboxed environment for `python -m date.train` runs and a local MLflow server.
+"""Shared fixtures: a sandboxed environment for `python -m date.*` runs (in a subprocess where the process itself is
+tested: signals, a training's exit, preemption, SLURM; in-process for commands that train nothing), one local MLflow
+server for the session, and the uninterrupted reference run that the stop-and-resume tests compare with (trained
+once per session).
 
 Every run started by the tests writes its MLflow store, synthetic data and outputs under pytest's
 temporary directories, never into ~/.local/share/date or ~/.cache/date.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import runpy
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import traceback
 import urllib.request
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -94,6 +104,90 @@ def run_module(module: str, args: list[str], *, env: dict[str, str], cwd: Path, 
                           timeout=timeout)
 
 
+def run_in_process(module: str, args: list[str], *, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` run in this process, for commands that train nothing (refusals, --help, a small
+    evaluation): the same result as run_module (exit code, stdout, stderr; an uncaught exception is its traceback on
+    stderr and exit code 1) without starting Python and importing torch again (seconds each). What the command
+    changes in this process is put back: the environment, cwd, sys.argv, logging, signal handlers, torch's grad mode
+    and threads, Hydra's global state."""
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+
+    loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values()
+                                      if isinstance(v, logging.Logger))]
+    saved_loggers = [(lg, lg.handlers[:], lg.level, lg.disabled, lg.propagate) for lg in loggers]
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
+    environ, cwd_before, argv, grad, threads = (dict(os.environ), os.getcwd(), sys.argv, torch.is_grad_enabled(),
+                                                torch.get_num_threads())
+    stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    sys.argv = [module, *args]
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)  # runpy: date.* imported
+            try:
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            except SystemExit as exc:  # as the interpreter turns it into an exit code
+                if exc.code is None or isinstance(exc.code, int):
+                    returncode = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+                    returncode = 1
+            except Exception:  # noqa: BLE001  (what the interpreter would print before exiting with 1)
+                traceback.print_exc()
+                returncode = 1
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        os.chdir(cwd_before)
+        sys.argv = argv
+        torch.set_grad_enabled(grad)
+        torch.set_num_threads(threads)
+        for s, handler in saved_signals.items():
+            signal.signal(s, handler)
+        for lg, handlers, level, disabled, propagate in saved_loggers:
+            for h in lg.handlers:
+                if h not in handlers:
+                    h.close()
+            lg.handlers[:], lg.level, lg.disabled, lg.propagate = handlers, level, disabled, propagate
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess([sys.executable, "-m", module, *args], returncode, stdout.getvalue(),
+                                       stderr.getvalue())
+
+
+# The stop-and-resume tests' run (test_train_resume.py, test_faults.py, test_slurm.py): 2 epochs x 12 iterations of
+# batch 2 with a loader worker, as the default config has (a terminal, `timeout` and SLURM signal it too); long
+# enough to be stopped mid-epoch. Each test stops and resumes its own run, and compares it with reference_run.
+RESUMABLE = ["schedule=smoke", "schedule.max_iters=null", "dataset.num_train=24", "dataset.num_val=4", "batch_size=2",
+             "num_workers=1", "log_every=1", "eval_every=1"]
+RESUMABLE_ITERS = 24
+
+
+@dataclass(frozen=True)
+class ReferenceRun:
+    """A finished `python -m date.train` run: its run dir and the MLflow store that holds only it."""
+
+    run_dir: Path  # model_final.pth, last.pth, train.log, mlflow_run_id
+    tracking_uri: str
+
+    @property
+    def run_id(self) -> str:
+        return (self.run_dir / "mlflow_run_id").read_text().strip()
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, data_cache) -> ReferenceRun:
+    """`python -m date.train <RESUMABLE>`, uninterrupted: trained once per session, read by the tests (never
+    written: each resumes its own run in its own dir and store)."""
+    root = tmp_path_factory.mktemp("reference")
+    env = sandbox_env(root, data_cache)
+    result = run_module("date.train", [*RESUMABLE, f"hydra.run.dir={root / 'run'}"], env=env, cwd=root, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return ReferenceRun(root / "run", env["MLFLOW_TRACKING_URI"])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -146,8 +240,18 @@ class MlflowServer:
         self.proc = None
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One server for the session: a test on it logs to an experiment of its own (tracking.experiment=...)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow_server"))
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def mlflow_server(tmp_path):
+def restartable_mlflow_server(tmp_path):
+    """A server of the test's own, which the test may stop and start again (same port, same store)."""
     server = MlflowServer(tmp_path / "mlflow_server")
     server.start()
     yield server

@@ -14,10 +14,12 @@ from mlflow.tracking import MlflowClient
 from scipy import stats as scipy_stats
 
 from analysis import convergence, duplicates
-from conftest import REPO, SMOKE, MlflowServer, run_module, sandbox_env
+from conftest import REPO, SMOKE, run_module, sandbox_env
 from test_analysis_stats import _holm_by_procedure
 
-EXPERIMENT = "analysis_smoke"
+pytestmark = pytest.mark.slow  # every test reads the module's trainings
+
+EXPERIMENT = "analysis_smoke"  # of its own on the session's MLflow server
 # SMOKE, with a learning rate high enough that 6 iterations give a non-zero, seed-dependent AP
 # (at the default lr every smoke run scores exactly 0 and no statistic would be tested).
 TRAIN = [*SMOKE, "optim.lr=0.02", "schedule.epochs=3", "schedule.max_iters=6", "schedule.lr_steps=[2]",
@@ -26,22 +28,19 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_cache):
+def trained(tmp_path_factory, data_cache, mlflow_server):
     root = tmp_path_factory.mktemp("analysis")
-    server = MlflowServer(root / "server")
-    server.start()
-    env = sandbox_env(root, data_cache, tracking_uri=server.url)
+    env = sandbox_env(root, data_cache, tracking_uri=mlflow_server.url)
     try:
         sweep = run_module("date.train", ["-m", "assigner=o2o,dual", "seed=0,1", *TRAIN,
                                           f"hydra.sweep.dir={root / 'sweep'}"], env=env, cwd=root, timeout=600)
         assert sweep.returncode == 0, sweep.stderr[-3000:]
         single = run_module("date.train", ["assigner=o2m", "seed=0", *TRAIN], env=env, cwd=root, timeout=300)
         assert single.returncode == 0, single.stderr[-3000:]
-        yield {"url": server.url, "root": root, "env": env,
+        yield {"url": mlflow_server.url, "root": root, "env": env,
                "sweep_id": (root / "sweep" / "sweep_id").read_text().strip(),
                "checkpoints": sorted(root.glob("sweep/*/model_final.pth")) + sorted(root.glob("outputs/**/model_final.pth"))}
     finally:
-        server.stop()
         shutil.rmtree(root, ignore_errors=True)  # five runs' checkpoints: ~1 GB the rest of the suite can use
 
 

@@ -169,6 +169,7 @@ def _titles(fig):
              for r in rows], [r[3].get_title() for r in rows])
 
 
+@pytest.mark.slow
 def test_show_writes_a_png_and_pdf_whose_counts_are_the_rates(trained, tmp_path, capsys, one_thread):
     out = tmp_path / "dup"
     rows = duplicates.main(["--checkpoint", str(trained["o2m"]), str(trained["dual"]), "--out", str(out),
@@ -196,6 +197,7 @@ def test_show_writes_a_png_and_pdf_whose_counts_are_the_rates(trained, tmp_path,
     assert sum(r[0][2] for r in titles) >= sum(r[1][2] for r in titles)  # NMS never adds a duplicate
 
 
+@pytest.mark.slow
 def test_show_score_draws_only_the_detections_above_it(trained, one_thread):
     scores = sorted(s for image in _recounted_scores(trained["o2m"]) for s in image)
     thresh = scores[len(scores) // 2]  # half of FCOS's raw detections are drawn
@@ -220,6 +222,7 @@ def _recounted_scores(checkpoint):
                                                               nms=False)]
 
 
+@pytest.mark.slow
 def test_show_refuses_a_count_it_cannot_draw(trained, tmp_path, capsys, one_thread):
     both = ["--checkpoint", str(trained["o2m"]), str(trained["dual"]), "--out", str(tmp_path / "dup")]
     with pytest.raises(SystemExit) as exit_info:

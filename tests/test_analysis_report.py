@@ -331,6 +331,7 @@ print(matplotlib.get_backend(), *(p.read_bytes()[:4] for p in paths))
 """
 
 
+@pytest.mark.slow
 def test_the_figure_module_leaves_the_callers_backend_alone(tmp_path):
     """A notebook's (here: svg) backend survives importing analysis.plots / difference_figure and drawing."""
     tests = Path(__file__).resolve().parent

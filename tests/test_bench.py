@@ -35,6 +35,7 @@ def test_timed_interleaved_round_robin():
     assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2, "c": 2} and len(reps) == 2
 
 
+@pytest.mark.slow
 def test_bench_cpu_tiny(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "date.bench", "--device", "cpu", "--size", "128", "--batch", "2",

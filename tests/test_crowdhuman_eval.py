@@ -8,7 +8,7 @@ import math
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import run_module
+from conftest import run_in_process
 from date.config import CONF_DIR
 from date.crowdhuman_eval import run
 from date.data.errors import DatasetError
@@ -46,7 +46,8 @@ def _run(*overrides: str) -> dict:
 def test_the_command_prints_and_writes_the_hand_computed_numbers(tmp_path, train_env):
     gt, dt, _ = _files(tmp_path)
     out = tmp_path / "metrics.json"
-    result = run_module("date.crowdhuman_eval", [f"gt={gt}", f"dt={dt}", f"out={out}"], env=train_env, cwd=tmp_path)
+    result = run_in_process("date.crowdhuman_eval", [f"gt={gt}", f"dt={dt}", f"out={out}"], env=train_env,
+                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     # 1/12 = 0.0833, (2/3)^(2/9) = exp(-0.0901) = 0.9138, 1/6 = 0.1667, 1/3 = 0.3333
     assert result.stdout.splitlines()[-1] == "AP 0.0833  mMR 0.9138  JI 0.1667  recall 0.3333"  # after the log line
@@ -66,7 +67,7 @@ def test_sizes_from_the_images_instead_of_the_gt_lines(tmp_path):
 def test_a_detection_id_not_in_the_ground_truth_is_one_message(tmp_path, train_env):
     gt, dt, _ = _files(tmp_path)
     write_odgt(dt, [*DT, {"ID": "Z", "dtboxes": []}])
-    result = run_module("date.crowdhuman_eval", [f"gt={gt}", f"dt={dt}"], env=train_env, cwd=tmp_path)
+    result = run_in_process("date.crowdhuman_eval", [f"gt={gt}", f"dt={dt}"], env=train_env, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert line == (f"Error: {dt}:3: ID 'Z' is not in the ground truth {gt}. Detections must be of the ground truth's "

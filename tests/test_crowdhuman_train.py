@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from conftest import run_module
+import pytest
+
+from conftest import run_in_process, run_module
 
 try:
     from data_fixtures.crowdhuman import write_crowdhuman, write_odgt
@@ -17,6 +19,7 @@ TINY = ["dataset.train_short_sizes=[64]", "dataset.max_size=96", "dataset.test_s
         "tracking.system_metrics=false", "backbone.fpn_channels=64", "model.num_convs=1"]
 
 
+@pytest.mark.slow
 def test_a_tiny_crowdhuman_dataset_trains(tmp_path, train_env):
     root = write_crowdhuman(tmp_path / "crowdhuman")
     result = run_module("date.train", ["dataset=crowdhuman", f"dataset.root={root}", *TINY], env=train_env,
@@ -32,8 +35,8 @@ def test_bad_odgt_input_stops_before_the_model_with_one_message(tmp_path, train_
     root = write_crowdhuman(tmp_path / "crowdhuman")
     lines = (root / "annotation_train.odgt").read_text().splitlines()
     write_odgt(root / "annotation_train.odgt", [lines[0], lines[1][:-20]])  # the 2nd line cut short
-    result = run_module("date.train", ["dataset=crowdhuman", f"dataset.root={root}", *TINY], env=train_env,
-                        cwd=tmp_path)
+    result = run_in_process("date.train", ["dataset=crowdhuman", f"dataset.root={root}", *TINY], env=train_env,
+                            cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     [error] = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert re.fullmatch(rf"Error: {re.escape(str(root))}/annotation_train\.odgt:2 is not valid JSON \(.*, column \d+\)\. "

@@ -16,7 +16,7 @@ from date.data.build import DatasetConfig, build_datasets, build_val_dataset
 from date.data.coco import CocoDetection
 from date.data.errors import DatasetError
 
-from conftest import run_module
+from conftest import run_in_process
 
 try:
     from data_fixtures import write_coco, write_image
@@ -343,10 +343,11 @@ def test_evaluate_with_only_the_val_split_given(tmp_path, train_env):
     ckpt.save_atomic({"model": build_detector(cfg, num_classes=3).state_dict(), "config": resolved_config(cfg)},
                      checkpoint)
     val_ann, val_images = write_coco(tmp_path, name="val")
-    result = run_module("date.evaluate", [f"checkpoint={checkpoint}", "dataset=coco_json", f"dataset.val_ann={val_ann}",
-                                          f"dataset.val_images={val_images}", "dataset.test_short_size=64",
-                                          "dataset.max_size=128", "device=cpu", "num_workers=0",
-                                          f"out={tmp_path / 'eval.json'}"], env=train_env, cwd=tmp_path)
+    result = run_in_process("date.evaluate", [f"checkpoint={checkpoint}", "dataset=coco_json",
+                                              f"dataset.val_ann={val_ann}", f"dataset.val_images={val_images}",
+                                              "dataset.test_short_size=64", "dataset.max_size=128", "device=cpu",
+                                              "num_workers=0", f"out={tmp_path / 'eval.json'}"],
+                            env=train_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(json.loads((tmp_path / "eval.json").read_text())) == 12
 

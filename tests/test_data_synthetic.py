@@ -157,6 +157,7 @@ def test_statistics_count_a_location_on_a_level_bound_as_training_does(tmp_path)
     assert stats["o2m_positives_per_object"]["mean"] == 37.0 and stats["objects_without_positive"] == 0
 
 
+@pytest.mark.slow
 def test_cli_prints_statistics(tmp_path):
     args = [sys.executable, "-m", "date.data.synthetic", "--cache-dir", str(tmp_path), "num_train=3", "num_val=2",
             "image_size=64", "max_objects=5"]

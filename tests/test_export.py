@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
-from conftest import SMOKE, run_module, sandbox_env
+from conftest import SMOKE, run_in_process, run_module, sandbox_env
 from date.data.build import build_val_dataset
 from date.data.loader import build_eval_loader
 from date.export import OUTPUT_NAMES, ExportableDetector, nms_keep, nms_keep_onnx
@@ -84,6 +84,7 @@ def assert_same_detections(outputs, i: int, reference: dict, *, box_rtol: float,
     np.testing.assert_allclose(ours[1], ref_scores, rtol=0, atol=score_atol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_onnxruntime_detects_as_pytorch_at_every_batch_and_image_size(exported, data_cache, mode):
     """ExportableDetector in PyTorch equals predict (to float rounding), then onnxruntime equals it (the brief's
@@ -145,6 +146,7 @@ def op_types(path) -> set[str]:
     return {node.op_type for nodes in [model.graph.node, *(f.node for f in model.functions)] for node in nodes}
 
 
+@pytest.mark.slow
 def test_date_graph_has_no_nms_and_the_fcos_graph_has_its_nms(exported):
     date_ops, fcos_ops = op_types(exported["dual"][1]), op_types(exported["o2m"][1])
     assert "NonMaxSuppression" not in date_ops and "TopK" in date_ops
@@ -153,7 +155,7 @@ def test_date_graph_has_no_nms_and_the_fcos_graph_has_its_nms(exported):
 
 def test_missing_checkpoint_is_one_paragraph(tmp_path, train_env):
     missing = tmp_path / "nowhere" / ckpt.FINAL
-    result = run_module("date.export", [f"checkpoint={missing}"], env=train_env, cwd=tmp_path)
+    result = run_in_process("date.export", [f"checkpoint={missing}"], env=train_env, cwd=tmp_path)
     assert result.returncode == 2
     assert f"Checkpoint {missing} does not exist." in result.stderr
     assert "Traceback" not in result.stderr

@@ -19,16 +19,16 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import SMOKE, run_module
+from conftest import RESUMABLE, RESUMABLE_ITERS, SMOKE, run_module
 from date.config import compose_config
 from date.data.build import build_datasets
 from date.runtime import checkpoint as ckpt
 from date.runtime.run_dir_lock import RunDirBusyError, run_dir_lock
 
-# 2 epochs x 16 iterations of batch 2 with a loader worker: long enough to be stopped mid-epoch.
-LONG = ["schedule=smoke", "schedule.max_iters=null", "dataset.num_train=32", "dataset.num_val=4", "batch_size=2",
-        "num_workers=1", "log_every=1", "eval_every=1"]
-TOTAL_ITERS = 32
+# conftest's RESUMABLE, 2 epochs x 12 iterations of batch 2 with a loader worker: long enough to be stopped
+# mid-epoch; its uninterrupted run is conftest's reference_run.
+LONG = RESUMABLE
+TOTAL_ITERS = RESUMABLE_ITERS
 
 
 def _no_traceback(result) -> None:
@@ -78,6 +78,7 @@ def _train_then_signal(args: list[str], run_dir: Path, tmp_path: Path, env: dict
     return (tmp_path / "first.out").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("assigner", ["o2o", "dual"])
 def test_diverging_poto_run_stops_with_the_message_not_a_traceback(assigner, tmp_path, train_env):
     # lr 1e8 makes the o2o predictions NaN at the second step: POTO's matching sees them before any loss
@@ -92,6 +93,7 @@ def test_diverging_poto_run_stops_with_the_message_not_a_traceback(assigner, tmp
         assert _all_finite(last)
 
 
+@pytest.mark.slow
 def test_weights_that_overflow_on_an_epochs_last_step_are_never_saved(tmp_path, train_env):
     # one iteration per epoch and an lr whose update overflows float32: the gradients are finite, the
     # weights after the epoch's last (only) step are not, and the epoch-end checkpoint must refuse them
@@ -106,6 +108,7 @@ def test_weights_that_overflow_on_an_epochs_last_step_are_never_saved(tmp_path, 
     assert not list(tmp_path.glob("outputs/**/*.pth"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sweep,reason", [
     (["log_every=1,2"], "log_every=1,2 (left out of run-dir names)"),
     (["name=a,b", "hydra.sweep.dir=SWEEP"], "name=a,b (left out of run-dir names)"),
@@ -122,6 +125,7 @@ def test_a_sweep_whose_jobs_would_share_a_run_dir_fails_at_launch(sweep, reason,
     assert not list(tmp_path.glob("**/last.pth")) and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_sweeping_name_keeps_jobs_apart_through_the_sweep_dir(tmp_path, train_env):
     # conf/config.yaml's sweep dir is multirun/${name}/...: name is left out of the job dir, yet separates jobs
     result = run_module("date.train", ["-m", "name=a,b", *SMOKE], env=train_env, cwd=tmp_path)
@@ -133,6 +137,7 @@ def test_sweeping_name_keeps_jobs_apart_through_the_sweep_dir(tmp_path, train_en
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_busy_run_dir_fails_fast_naming_the_holder(tmp_path, train_env):
     run_dir = tmp_path / "run"
     args = [*SMOKE, f"hydra.run.dir={run_dir}"]
@@ -157,11 +162,8 @@ def test_a_second_process_on_a_busy_run_dir_fails_fast_naming_the_holder(tmp_pat
     assert ckpt.load(run_dir / ckpt.LAST)["finished"]
 
 
-def test_sigterm_finishes_the_iteration_writes_last_pth_and_resumes_exactly(tmp_path, train_env):
-    reference = run_module("date.train", [*LONG, f"hydra.run.dir={tmp_path / 'reference'}"], env=train_env,
-                           cwd=tmp_path, timeout=600)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-
+@pytest.mark.slow
+def test_sigterm_finishes_the_iteration_writes_last_pth_and_resumes_exactly(tmp_path, train_env, reference_run):
     run_dir = tmp_path / "stopped"
     args = [*LONG, f"hydra.run.dir={run_dir}"]
 
@@ -187,7 +189,7 @@ def test_sigterm_finishes_the_iteration_writes_last_pth_and_resumes_exactly(tmp_
     assert ckpt.load(run_dir / ckpt.LAST)["elapsed_s"] > saved["elapsed_s"]  # the whole run's time, both processes
     assert "(the whole run; " in resumed.stdout and "s since the last resume). Final metrics:" in resumed.stdout
     final = ckpt.load(run_dir / ckpt.FINAL)
-    reference_final = ckpt.load(tmp_path / "reference" / ckpt.FINAL)
+    reference_final = ckpt.load(reference_run.run_dir / ckpt.FINAL)
     assert final["metrics"] == reference_final["metrics"] and "val/AP" in final["metrics"]
     assert all(torch.equal(final["model"][k], v) for k, v in reference_final["model"].items())
     run = client.get_run(run_id)
@@ -196,6 +198,7 @@ def test_sigterm_finishes_the_iteration_writes_last_pth_and_resumes_exactly(tmp_
     assert sorted(steps) == list(range(1, TOTAL_ITERS + 1))  # each iteration once
 
 
+@pytest.mark.slow
 def test_ctrl_c_finishes_the_iteration_writes_last_pth_and_resumes(tmp_path, train_env):
     run_dir = tmp_path / "run"
     args = [*LONG, f"hydra.run.dir={run_dir}"]
@@ -210,6 +213,7 @@ def test_ctrl_c_finishes_the_iteration_writes_last_pth_and_resumes(tmp_path, tra
     assert ckpt.load(run_dir / ckpt.LAST)["finished"]
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_writes_last_pth_at_that_iteration(tmp_path, train_env):
     # `timeout`, systemd, scancel and supervisors signal the whole group: the loader worker gets it too
     run_dir = tmp_path / "run"
@@ -223,6 +227,7 @@ def test_sigterm_to_the_process_group_writes_last_pth_at_that_iteration(tmp_path
     assert client.get_run((run_dir / "mlflow_run_id").read_text().strip()).info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_during_evaluation_stops_after_it(tmp_path, train_env):
     # 12 val images in batches of 2 through a loader worker: the signal lands while the evaluation loads them
     run_dir = tmp_path / "run"
@@ -235,6 +240,7 @@ def test_sigterm_to_the_process_group_during_evaluation_stops_after_it(tmp_path,
     assert "Checkpoint written: " in output and "Stopped by SIGTERM; last.pth is written. Resume with:" in output
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_during_the_final_save_lets_the_run_finish(tmp_path, train_env):
     run_dir = tmp_path / "run"
     args = [*SMOKE, "num_workers=1", f"hydra.run.dir={run_dir}"]
@@ -260,6 +266,7 @@ def _coco_json_copy(tmp_path: Path) -> list[str]:
             "dataset.test_short_size=128"]
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_in_a_loader_worker_is_the_same_paragraph_as_without_workers(tmp_path, train_env):
     dataset = _coco_json_copy(tmp_path)
     train_json = json.loads(Path(dataset[1].split("=", 1)[1]).read_text())
@@ -283,6 +290,7 @@ def _limit_file_size(limit: int):
     return preexec
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_fails_the_mlflow_run(tmp_path, train_env):
     args = [*SMOKE, f"hydra.run.dir={tmp_path / 'run'}"]
     first = run_module("date.train", args, env=train_env, cwd=tmp_path)
@@ -321,6 +329,7 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     assert path.read_text() == '{"AP": 0.5}' and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
+@pytest.mark.slow
 def test_a_refused_config_leaves_no_outputs_dir(tmp_path, train_env):
     result = run_module("date.train", ["schedule.epochs=-1"], env=train_env, cwd=tmp_path)
     assert result.returncode == 2 and "schedule.epochs=-1" in result.stderr

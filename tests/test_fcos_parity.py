@@ -4,12 +4,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, run_module
 
 TINY = ["dataset.num_train=8", "dataset.num_val=4", "batch_size=4", "num_workers=0", "schedule.epochs=2",
         "schedule.lr_steps=[1]", "schedule.warmup_iters=1", "log_every=1"]
 
 
+@pytest.mark.slow
 def test_parity_script_trains_all_three_in_the_same_loop(tmp_path, train_env):
     result = subprocess.run([sys.executable, "experiments/fcos_parity.py", "--out", str(tmp_path), "--seeds", "0",
                              *TINY], cwd=REPO, env=train_env, capture_output=True, text=True, timeout=600)
@@ -26,6 +29,7 @@ def test_parity_script_trains_all_three_in_the_same_loop(tmp_path, train_env):
     assert ours["model"]["o2m_box_loss"] == "giou" and ours["assigner"]["fcos_center_sampling"] == 1.5
 
 
+@pytest.mark.slow
 def test_parity_reuses_a_finished_run_of_the_same_config_only(tmp_path, train_env):
     trained = run_module("date.train", ["experiment=convergence_synthetic", "assigner=o2m", "seed=0", *TINY],
                          env=train_env, cwd=tmp_path)

@@ -28,6 +28,7 @@ def handful(tmp_path_factory):
     return dataset, collate([dataset[i] for i in range(len(dataset))])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["o2m", "o2o", "dual"])
 def test_mode_overfits_a_handful_of_images(handful, mode):
     dataset, (images, targets) = handful

@@ -71,10 +71,12 @@ def _images(val_set) -> np.ndarray:
                         for i in range(len(val_set))]).numpy()
 
 
+@pytest.mark.slow
 def test_logged_model_loads_from_the_server_and_detects_as_the_checkpoint(trained, mlflow_server, tmp_path,
                                                                           monkeypatch):
     checkpoint, val_set, params = trained
-    tracker = RunTracker.start(uri=mlflow_server.url, experiment="e", run_dir=tmp_path / "run", run_name="r", tags={})
+    tracker = RunTracker.start(uri=mlflow_server.url, experiment="logged_model", run_dir=tmp_path / "run",
+                               run_name="r", tags={})  # an experiment of its own on the shared server
     tracker.log_params(params)
     elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"  # the process's own store, which must stay in place
     monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)

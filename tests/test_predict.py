@@ -57,6 +57,7 @@ def _pixels(path) -> torch.Tensor:
         return F.pil_to_tensor(image.convert("RGB"))
 
 
+@pytest.mark.slow
 def test_detections_are_the_evaluations_and_every_image_is_drawn(trained, env, tmp_path):
     checkpoint, val_set = trained
     folder = val_set.image_dir / "val"
@@ -94,6 +95,7 @@ def test_detections_are_the_evaluations_and_every_image_is_drawn(trained, env, t
         assert drawn.shape == original.shape and not torch.equal(drawn, original)  # 100 boxes drawn on each
 
 
+@pytest.mark.slow
 def test_evaluate_writes_out_alone_and_replaces_an_earlier_evaluation(trained, env, tmp_path):
     checkpoint, _ = trained
     args = [f"checkpoint={checkpoint}", "num_workers=0", "device=cpu", f"out={tmp_path / 'eval.json'}"]
@@ -106,6 +108,7 @@ def test_evaluate_writes_out_alone_and_replaces_an_earlier_evaluation(trained, e
     assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]  # no outputs/evaluate/<time>/
 
 
+@pytest.mark.slow
 def test_unreadable_image_is_named_and_the_others_are_processed(trained, env, tmp_path):
     checkpoint, val_set = trained
     folder = tmp_path / "images"
@@ -131,6 +134,7 @@ def test_unreadable_image_is_named_and_the_others_are_processed(trained, env, tm
         assert torch.equal(_pixels(tmp_path / "out" / f"good{i}.png"), _pixels(val_set.image_path(i)))
 
 
+@pytest.mark.slow
 def test_no_image_found_is_one_paragraph_and_exit_code_2(trained, env, tmp_path):
     checkpoint, _ = trained
     empty = tmp_path / "empty"
@@ -153,6 +157,7 @@ def _other_version(checkpoint, tmp_path):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["garbage", "other version"])
 def test_bad_checkpoint_is_refused_before_anything_is_written(case, trained, tmp_path):
     """In-process (the exit code and message of a CheckpointError are date.runtime.logs.errors_as_messages', shown

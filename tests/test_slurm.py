@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import SLURM_CPU, SMOKE, run_module
+from conftest import RESUMABLE, RESUMABLE_ITERS, SLURM_CPU, SMOKE, run_module
 from date.runtime import checkpoint as ckpt
 
-pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 
 def _array_id(sweep_dir: Path) -> str:
@@ -93,19 +93,15 @@ def test_two_tasks_train_one_ddp_run_with_identical_weights(tmp_path, train_env)
     assert [s for s, _ in _history(client, runs[0].info.run_id, "val/AP")] == [1, 2]
 
 
-# 2 epochs x 12 iterations of batch 2 on one job that fills the node's two cores (so that a debug job
-# preempts it); the signal comes a few iterations in. One loader worker, as the default config has: SLURM
-# signals the job's processes, and the worker must live on until the checkpoint is written.
-PREEMPT = ["schedule=smoke", "schedule.max_iters=null", "dataset.num_train=24", "dataset.num_val=4", "batch_size=2",
-           "num_workers=1", "log_every=1", "eval_every=1"]
-PREEMPT_ITERS = 24
+# conftest's RESUMABLE, 2 epochs x 12 iterations of batch 2 on one job that fills the node's two cores (so that a
+# debug job preempts it); the signal comes a few iterations in. One loader worker, as the default config has: SLURM
+# signals the job's processes, and the worker must live on until the checkpoint is written. The uninterrupted run
+# is conftest's reference_run (a plain local run with its own MLflow store).
+PREEMPT = RESUMABLE
+PREEMPT_ITERS = RESUMABLE_ITERS
 
 
-def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp_path, train_env):
-    # the uninterrupted reference, a plain local run with its own MLflow store, alongside the sweep
-    ref_env = {**train_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'reference.db'}"}
-    reference = subprocess.Popen([sys.executable, "-m", "date.train", *PREEMPT, f"hydra.run.dir={tmp_path / 'ref'}"],
-                                 cwd=tmp_path, env=ref_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp_path, train_env, reference_run):
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "date.train", "-m", *SLURM_CPU, "hydra.launcher.partition=lowprio",
                "hydra.launcher.cpus_per_task=2", *PREEMPT, f"hydra.sweep.dir={sweep}"]
@@ -127,7 +123,6 @@ def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp
         finally:
             if launcher.poll() is None:
                 launcher.kill()
-    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
     output = (tmp_path / "sweep.out").read_text()
     assert launcher.returncode == 0, output[-3000:]
 
@@ -147,11 +142,11 @@ def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp
     assert states == ["REQUEUED", "COMPLETED"], states  # preempted once, then finished in the same job
 
     final = ckpt.load(log.parent / ckpt.FINAL)["metrics"]
-    assert final == ckpt.load(tmp_path / "ref" / ckpt.FINAL)["metrics"] and "val/AP" in final
+    assert final == ckpt.load(reference_run.run_dir / ckpt.FINAL)["metrics"] and "val/AP" in final
 
     client, runs = _runs(train_env["MLFLOW_TRACKING_URI"])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one run, continued after the requeue
-    ref_client, (ref_run,) = _runs(ref_env["MLFLOW_TRACKING_URI"])
+    ref_client, (ref_run,) = _runs(reference_run.tracking_uri)
     for key in ("train/loss", "train/lr", "val/AP"):
         history = _history(client, runs[0].info.run_id, key)
         steps = [s for s, _ in history]

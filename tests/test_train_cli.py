@@ -4,7 +4,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import SMOKE, free_port, run_module
+from conftest import SMOKE, free_port, run_in_process, run_module
 from date.runtime.logs import metrics_table
 
 
@@ -30,7 +30,7 @@ from date.runtime.logs import metrics_table
 ])
 def test_bad_input_is_one_clear_message(args, expected, tmp_path, train_env):
     """Refused before Hydra creates anything (date/cli.py): exit code 2, one paragraph, nothing left behind."""
-    result = run_module("date.train", args, env=train_env, cwd=tmp_path)
+    result = run_in_process("date.train", args, env=train_env, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     [message] = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     for text in expected:
@@ -44,8 +44,8 @@ def test_unreachable_tracking_server_fails_fast(sweep, tmp_path, train_env):
     """A single run stops before data and model; a sweep before any job is launched (Hydra would only warn about
     its callback's error and launch the jobs, each to fail on its own)."""
     url = f"http://127.0.0.1:{free_port()}"
-    result = run_module("date.train", [*sweep, *SMOKE], env={**train_env, "MLFLOW_TRACKING_URI": url}, cwd=tmp_path,
-                        timeout=120)
+    result = run_in_process("date.train", [*sweep, *SMOKE], env={**train_env, "MLFLOW_TRACKING_URI": url},
+                            cwd=tmp_path)
     assert result.returncode == 2
     [message] = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert message.startswith(f"Error: The MLflow tracking server {url} is unreachable")
@@ -54,19 +54,21 @@ def test_unreachable_tracking_server_fails_fast(sweep, tmp_path, train_env):
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()  # no run or sweep dir
 
 
+@pytest.mark.slow
 def test_sweep_gives_one_tagged_run_per_job_with_a_shared_sweep_id(tmp_path, train_env, mlflow_server):
     """Through a tracking server whose URI carries a password: no file of the sweep holds it in clear text
     (Hydra's multirun.yaml and .hydra/*.yaml, the checkpoints, the logs)."""
     uri = mlflow_server.url.replace("://", "://user:s3cret@")
     result = run_module("date.train", ["-m", "assigner=o2o,dual", *SMOKE, f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                                       f"tracking.uri={uri}"], env=train_env, cwd=tmp_path, timeout=600)
+                                       f"tracking.uri={uri}", "tracking.experiment=cli_sweep"],  # shared server
+                        env=train_env, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_files = [p for p in (tmp_path / "sweep").rglob("*") if p.is_file()]
     assert "user:***@" in (tmp_path / "sweep" / "multirun.yaml").read_text()
     assert len([p for p in sweep_files if p.name == "last.pth"]) == 2
     assert not [p for p in sweep_files if b"s3cret" in p.read_bytes()]
     client = MlflowClient(mlflow_server.url)
-    runs = client.search_runs([client.get_experiment_by_name("date").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("cli_sweep").experiment_id])
     assert sorted(r.data.tags["assigner"] for r in runs) == ["dual", "o2o"]
     sweep_id = (tmp_path / "sweep" / "sweep_id").read_text().strip()
     for run in runs:
@@ -106,27 +108,28 @@ def test_sweep_gives_one_tagged_run_per_job_with_a_shared_sweep_id(tmp_path, tra
 
 
 def test_evaluate_refuses_a_missing_checkpoint(tmp_path, train_env):
-    result = run_module("date.evaluate", [f"checkpoint={tmp_path / 'nope.pth'}"], env=train_env, cwd=tmp_path)
+    result = run_in_process("date.evaluate", [f"checkpoint={tmp_path / 'nope.pth'}"], env=train_env, cwd=tmp_path)
     assert result.returncode == 2
     assert f"Checkpoint {tmp_path / 'nope.pth'} does not exist" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_cfg_job_shows_the_composed_groups(tmp_path, train_env):
-    result = run_module("date.train", ["--cfg", "job", "assigner=o2o", "schedule=3x"], env=train_env, cwd=tmp_path)
+    result = run_in_process("date.train", ["--cfg", "job", "assigner=o2o", "schedule=3x"], env=train_env,
+                            cwd=tmp_path)
     assert result.returncode == 0
     assert "mode: o2o" in result.stdout and "epochs: 36" in result.stdout and "depth: 18" in result.stdout
 
 
 def test_help_lists_each_key_with_its_default_range_and_comment(tmp_path, train_env):
-    train = run_module("date.train", ["--help"], env=train_env, cwd=tmp_path)
+    train = run_in_process("date.train", ["--help"], env=train_env, cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
     assert "  optim.lr = 0.0004  (float; > 0)\n      for 16 images per step; scaled by batch_size" in train.stdout
     assert "  assigner.mode = dual  (o2m|o2o|dual)" in train.stdout
     assert "assigner=dual (default) | dual_topk" in train.stdout
     assert "  dataset.num_train = 224  (int)\n      training images" in train.stdout  # SyntheticParams' own comment
     assert "--cfg job" in train.stdout
-    evaluate = run_module("date.evaluate", ["--help"], env=train_env, cwd=tmp_path)
+    evaluate = run_in_process("date.evaluate", ["--help"], env=train_env, cwd=tmp_path)
     assert "  checkpoint = ??? (required)  (str)" in evaluate.stdout and "  out = null  (str)" in evaluate.stdout
     assert "optim.lr" not in evaluate.stdout and "overwrite = false  (bool)" in evaluate.stdout
     assert list(tmp_path.iterdir()) == []
@@ -141,6 +144,7 @@ def test_final_metrics_table_names_the_branches_and_explains_cocos_minus_one():
     assert "train/loss: 1.5000" in table and "n/a: COCO's -1, no object of that size" in table
 
 
+@pytest.mark.slow
 def test_the_console_shows_the_run_and_the_log_file_keeps_the_libraries_chatter(tmp_path, train_env):
     run_dir = tmp_path / "run"
     result = run_module("date.train", [*SMOKE, "tracking.system_metrics=true", f"hydra.run.dir={run_dir}"],

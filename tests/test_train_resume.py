@@ -1,4 +1,5 @@
-"""Kill test: SIGKILL a CPU run after its first checkpoint, rerun the same command, compare with a clean run."""
+"""Kill test: SIGKILL a CPU run after its first checkpoint, rerun the same command, compare with a clean run
+(conftest's reference_run: the same config without the periodic checkpoints, which change no number)."""
 import os
 import signal
 import subprocess
@@ -6,26 +7,24 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import run_module
+from conftest import RESUMABLE, RESUMABLE_ITERS, run_module
 from date.runtime import checkpoint as ckpt
 
-# 2 epochs x 4 iterations of batch 2, a checkpoint every 3 iterations (mid-epoch) and at epoch ends.
-ARGS = ["schedule=smoke", "schedule.max_iters=null", "dataset.num_train=8", "dataset.num_val=4", "batch_size=2",
-        "num_workers=0", "log_every=1", "eval_every=1", "checkpoint_every_iters=3"]
-TOTAL_ITERS = 8
+# conftest's RESUMABLE (2 epochs x 12 iterations of batch 2), a checkpoint every 3 iterations (mid-epoch) and at
+# epoch ends.
+ARGS = [*RESUMABLE, "checkpoint_every_iters=3"]
+TOTAL_ITERS = RESUMABLE_ITERS
 
 
 def _history(client, run_id, key):
     return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, train_env):
-    reference = run_module("date.train", [*ARGS, f"hydra.run.dir={tmp_path / 'reference'}"], env=train_env,
-                           cwd=tmp_path, timeout=600)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-
+@pytest.mark.slow
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, train_env, reference_run):
     run_dir = tmp_path / "killed"
     command = [sys.executable, "-m", "date.train", *ARGS, f"hydra.run.dir={run_dir}"]
     with open(tmp_path / "first.out", "w") as out:
@@ -55,21 +54,24 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, train_env
     assert "Continuing MLflow run" in resumed.stdout
 
     final = ckpt.load(run_dir / ckpt.FINAL)["metrics"]
-    assert final == ckpt.load(tmp_path / "reference" / ckpt.FINAL)["metrics"] and "val/AP" in final
+    assert final == ckpt.load(reference_run.run_dir / ckpt.FINAL)["metrics"] and "val/AP" in final
 
     client = MlflowClient(train_env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("date").experiment_id])
     by_name = {}
     for run in runs:
         by_name.setdefault(Path(run.data.tags["run_dir"]).name, []).append(run)  # the run name says what ran
-    assert sorted(by_name) == ["killed", "reference"] and len(by_name["killed"]) == 1  # one run, continued
-    run, ref = by_name["killed"][0], by_name["reference"][0]
+    assert sorted(by_name) == ["killed"] and len(by_name["killed"]) == 1  # one run, continued
+    run = by_name["killed"][0]
+    ref_client = MlflowClient(reference_run.tracking_uri)  # the reference's own store
+    ref = ref_client.get_run(reference_run.run_id)
+    assert Path(ref.data.tags["run_dir"]) == reference_run.run_dir
     assert run.info.status == "FINISHED"
     assert run.info.run_id == (run_dir / "mlflow_run_id").read_text().strip()
     for key in ("train/loss", "train/o2o/cls", "train/lr", "val/AP", "val/AP50"):
         history = _history(client, run.info.run_id, key)
         steps = [s for s, _ in history]
         assert steps == (list(range(1, TOTAL_ITERS + 1)) if key.startswith("train/") else [1, 2]), (key, steps)
-        assert history == _history(client, ref.info.run_id, key), key  # same values as the clean run
+        assert history == _history(ref_client, ref.info.run_id, key), key  # same values as the clean run
     steps = [s for s, _ in _history(client, run.info.run_id, "train/img_per_s")]
     assert steps == list(range(1, TOTAL_ITERS + 1))

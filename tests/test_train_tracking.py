@@ -69,7 +69,9 @@ def test_resumed_tracker_skips_logged_steps_and_sends_checkpointed_ones(tmp_path
     assert MlflowClient(uri).get_run(run_id).data.params == {"x": "1", "y": "2"}
 
 
-def test_metrics_survive_a_server_outage(mlflow_server, tmp_path):
+@pytest.mark.slow
+def test_metrics_survive_a_server_outage(restartable_mlflow_server, tmp_path):
+    mlflow_server = restartable_mlflow_server  # stopped and started again below
     tracker = RunTracker.start(uri=mlflow_server.url, experiment="e", run_dir=tmp_path / "run", run_name="r",
                                tags={}, run_id=None)
     tracker.log_metrics({"train/loss": 1.0}, step=1)
@@ -150,6 +152,7 @@ def test_dataset_digests_tell_data_apart_and_a_continued_run_logs_them_once(tmp_
     assert {c: (d.name, json.loads(d.source)["uri"], d.digest) for c, d in _inputs(run).items()} == synthetic
 
 
+@pytest.mark.slow
 def test_training_run_records_name_tags_masked_uri_system_metrics_and_datasets(mlflow_server, train_env, tmp_path):
     """One SMOKE run on the real server with a password in its URI, system metrics sampled every second; a
     second one (SQLite store) with tracking.system_metrics=false on other data."""
@@ -159,14 +162,14 @@ def test_training_run_records_name_tags_masked_uri_system_metrics_and_datasets(m
     off = subprocess.Popen([sys.executable, "-m", "date.train", *off_args], cwd=tmp_path, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     uri = mlflow_server.url.replace("://", "://user:s3cret@")
-    done = run_module("date.train", [*SMOKE, "optim.lr=1e-3", f"tracking.uri={uri}", "tracking.log_model=true"],
-                      env=env, cwd=tmp_path)
+    done = run_module("date.train", [*SMOKE, "optim.lr=1e-3", f"tracking.uri={uri}", "tracking.log_model=true",
+                                     "tracking.experiment=records"], env=env, cwd=tmp_path)  # the shared server
     off_output = off.communicate(timeout=300)[0]
     assert done.returncode == 0, done.stderr[-3000:]
     assert off.returncode == 0, off_output[-3000:]
 
     client = MlflowClient(mlflow_server.url)
-    (run,) = client.search_runs([client.get_experiment_by_name("date").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("records").experiment_id])
     assert run.info.run_name == \
         "dual-smoke-resnet18-s0 batch_size=4 dataset.num_train=8 dataset.num_val=4 optim.lr=1e-3"
     tags = run.data.tags  # as mlflow.start_run sets them, for `python -m date.train` in this checkout
@@ -231,8 +234,11 @@ def _wait_for(new: queue.Queue, pattern: str, proc: subprocess.Popen, timeout: f
     pytest.fail(f"no line matched {pattern!r} within {timeout} s")
 
 
-def test_server_outage_during_a_training_run_loses_and_duplicates_no_step(mlflow_server, train_env, tmp_path):
+@pytest.mark.slow
+def test_server_outage_during_a_training_run_loses_and_duplicates_no_step(restartable_mlflow_server, train_env,
+                                                                          tmp_path):
     """The real `mlflow server` stopped by its PID mid-run and restarted on its port and store (issue #12, 8)."""
+    mlflow_server = restartable_mlflow_server
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "date.train", *OUTAGE_ARGS, f"tracking.uri={mlflow_server.url}",
                f"hydra.run.dir={run_dir}"]
@@ -283,6 +289,7 @@ for i in range(n):
 """
 
 
+@pytest.mark.slow
 def test_jobs_that_start_together_both_log_the_same_dataset(tmp_path):
     """Two jobs of a sweep log the same dataset into one store at once: MLflow's look-up-then-insert lets the
     second insert fail (UNIQUE constraint); both runs must end with their inputs."""

@@ -27,6 +27,19 @@ def setup(tmp_path_factory):
     return cfg, train_set, val_set
 
 
+@pytest.fixture(scope="module")
+def plain_run(setup, tmp_path_factory):
+    """(metrics, run dir) of one run of the setup's config as it is, with one intra-op thread (as one_thread):
+    the repeat, the o2m-diagnostic and the eval-subset tests each compare with it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("plain_run")
+    try:
+        return _train(setup, run_dir), run_dir
+    finally:
+        torch.set_num_threads(before)
+
+
 def _model(cfg, num_classes, seed=0):
     torch.manual_seed(seed)
     return build_detector(cfg, num_classes=num_classes)
@@ -81,11 +94,12 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == draws
 
 
-def test_same_seed_same_run_and_resume_matches(setup, tmp_path, monkeypatch, one_thread):
+@pytest.mark.slow
+def test_same_seed_same_run_and_resume_matches(setup, plain_run, tmp_path, monkeypatch, one_thread):
     """Two identical runs agree exactly; a run stopped after a mid-epoch checkpoint and resumed agrees too."""
     first = _train(setup, tmp_path / "a", checkpoint_every_iters=3)
     assert set(first) >= {"val/AP", "val/AP50", "val/APl", "val/ARl", "train/loss"}
-    assert _train(setup, tmp_path / "b") == first
+    assert plain_run[0] == first  # the same config without the periodic checkpoints
 
     criterion, calls = build_criterion(setup[0]), []
 
@@ -125,10 +139,11 @@ def test_nan_loss_stops_naming_iteration_and_term_without_checkpoint(setup, tmp_
     assert not (tmp_path / ckpt.FINAL).exists()
 
 
-def test_dual_evaluates_its_o2m_branch_as_a_diagnostic(setup, tmp_path, one_thread):
-    both = _train(setup, tmp_path / "both")
+@pytest.mark.slow
+def test_dual_evaluates_its_o2m_branch_as_a_diagnostic(setup, plain_run, tmp_path, one_thread):
+    both, both_dir = plain_run
     assert {"val/o2m/AP", "val/o2m/AP50", "val/o2m/APl"} <= set(both)
-    history = json.loads((tmp_path / "both" / "eval_results.json").read_text())
+    history = json.loads((both_dir / "eval_results.json").read_text())
     assert [sorted(k for k in h if k.startswith("val/o2m/")) for h in history] == \
         [sorted(k for k in both if k.startswith("val/o2m/"))] * 2  # both epochs
     alone = _train(setup, tmp_path / "alone", eval_o2m_branch=False)
@@ -136,13 +151,15 @@ def test_dual_evaluates_its_o2m_branch_as_a_diagnostic(setup, tmp_path, one_thre
     assert alone["val/AP"] == both["val/AP"] and alone["train/loss"] == both["train/loss"]  # a diagnostic only
 
 
-def test_eval_subset_scores_the_first_images_before_the_last_evaluation(setup, tmp_path, one_thread):
+@pytest.mark.slow
+def test_eval_subset_scores_the_first_images_before_the_last_evaluation(setup, plain_run, tmp_path, one_thread):
     """eval_subset=2 of 4 val images: epoch 1 is scored on images 1-2, the last evaluation on all 4; training and
     the final metrics are those of a run that evaluates everything."""
     part = _train(setup, tmp_path / "part", eval_subset=2)
-    full = _train(setup, tmp_path / "full", eval_subset=None)
+    full, full_dir = plain_run  # the config's eval_subset (100) covers the 4 val images: every evaluation is full
+    assert setup[0].eval_subset >= len(setup[2])
     part_history = json.loads((tmp_path / "part" / "eval_results.json").read_text())
-    full_history = json.loads((tmp_path / "full" / "eval_results.json").read_text())
+    full_history = json.loads((full_dir / "eval_results.json").read_text())
     assert [h["images"] for h in part_history] == [2, 4] and [h["images"] for h in full_history] == [4, 4]
     assert part == full
     assert part_history[-1] == full_history[-1]
