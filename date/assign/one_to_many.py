@@ -3,10 +3,15 @@
 Legend: B = images, N = locations over all FPN levels, M = ground truths (padded), C = classes.
 Both return matched_gt (LongTensor[B, N]): the gt index each location is positive for, -1 = negative.
 """
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from date.box_ops import batched_pairwise_iou, in_center_region, point_to_box_distances
+
+if TYPE_CHECKING:  # the type only: date.criterion imports this module
+    from date.criterion import GroundTruth
 
 
 @torch.no_grad()
@@ -50,9 +55,7 @@ def topk_assign(
     cls_logits: Tensor,
     pred_boxes: Tensor,
     points: Tensor,
-    gt_boxes: Tensor,
-    gt_labels: Tensor,
-    gt_valid: Tensor,
+    gt: "GroundTruth",
     *,
     k: int,
     alpha: float,
@@ -64,10 +67,13 @@ def topk_assign(
 
     Args:
         cls_logits (Tensor[B, N, C]), pred_boxes (Tensor[B, N, 4]): the one-to-many branch's predictions.
-        points (Tensor[N, 2]); gt_boxes (Tensor[B, M, 4]); gt_labels (Tensor[B, M]); gt_valid (Tensor[B, M]).
+        points (Tensor[N, 2]).
+        gt: the padded ground truths (date.criterion.GroundTruth): ``boxes`` [B, M, 4], ``labels`` [B, M] and
+            ``valid`` [B, M] (False marks padding).
     Returns:
         LongTensor[B, N]
     """
+    gt_boxes, gt_labels, gt_valid = gt.boxes, gt.labels, gt.valid
     B, N, _ = cls_logits.shape
     M = gt_boxes.shape[1]
     if M == 0:
@@ -132,5 +138,4 @@ class TopKAssigner:
     def __call__(self, cls_logits: Tensor, pred_boxes: Tensor, loc, gt) -> Tensor:
         """The one-to-many branch's logits [B, N, C] and boxes [B, N, 4], the locations and the padded gts
         -> LongTensor[B, N] (see topk_assign)."""
-        return topk_assign(cls_logits, pred_boxes, loc.points, gt.boxes, gt.labels, gt.valid, k=self.k,
-                           alpha=self.alpha, beta=self.beta)
+        return topk_assign(cls_logits, pred_boxes, loc.points, gt, k=self.k, alpha=self.alpha, beta=self.beta)

@@ -36,12 +36,12 @@ class DATEDetector(nn.Module):
         topk_candidates: one-to-one inference: candidates per level before the global top-k.
         detections_per_img: detections kept per image.
         nms_thresh: the FCOS baseline's NMS IoU.
-        nms_topk_candidates: candidates per level before NMS.
     """
 
+    nms_topk_candidates = 1000  # the FCOS baseline: candidates per level before NMS (torchvision's FCOS)
+
     def __init__(self, *, backbone: nn.Module, head: DATEHead, strides: tuple[int, ...], inference_branch: str,
-                 score_thresh: float, topk_candidates: int, detections_per_img: int, nms_thresh: float,
-                 nms_topk_candidates: int = 1000):
+                 score_thresh: float, topk_candidates: int, detections_per_img: int, nms_thresh: float):
         super().__init__()
         if inference_branch not in head.branches:
             raise ValueError(f"inference_branch={inference_branch!r} is not among the head's branches {head.branches}")
@@ -53,7 +53,6 @@ class DATEDetector(nn.Module):
         self.topk_candidates = topk_candidates
         self.detections_per_img = detections_per_img
         self.nms_thresh = nms_thresh
-        self.nms_topk_candidates = nms_topk_candidates
         self._locations_cache: tuple | None = None
 
     # ------------------------------------------------------------------ training
