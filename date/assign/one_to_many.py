@@ -3,15 +3,10 @@
 Legend: B = images, N = locations over all FPN levels, M = ground truths (padded), C = classes.
 Both return matched_gt (LongTensor[B, N]): the gt index each location is positive for, -1 = negative.
 """
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from date.box_ops import batched_pairwise_iou, in_center_region, point_to_box_distances
-
-if TYPE_CHECKING:  # the type only: date.criterion imports this module
-    from date.criterion import GroundTruth
 
 
 @torch.no_grad()
@@ -55,7 +50,7 @@ def topk_assign(
     cls_logits: Tensor,
     pred_boxes: Tensor,
     points: Tensor,
-    gt: "GroundTruth",
+    gt,
     *,
     k: int,
     alpha: float,
@@ -68,8 +63,9 @@ def topk_assign(
     Args:
         cls_logits (Tensor[B, N, C]), pred_boxes (Tensor[B, N, 4]): the one-to-many branch's predictions.
         points (Tensor[N, 2]).
-        gt: the padded ground truths (date.criterion.GroundTruth): ``boxes`` [B, M, 4], ``labels`` [B, M] and
-            ``valid`` [B, M] (False marks padding).
+        gt: the padded ground truths, as date.criterion.GroundTruth holds them (not imported: date.criterion
+            imports this module): ``boxes`` (Tensor[B, M, 4]), ``labels`` (Tensor[B, M]), ``valid`` (Tensor[B, M]
+            bool, False marks padding).
     Returns:
         LongTensor[B, N]
     """
