@@ -1,6 +1,8 @@
-"""The configuration schema: the one home of every hyperparameter, with its default, its comment and its check.
+"""The configuration schemas: the one home of every key of every entrypoint, with its default, its comment and its
+check: training (TrainConfig), evaluate, predict, export and crowdhuman_eval (EvaluateConfig, ...).
 
-Registered in Hydra's ConfigStore as ``config_schema`` (first entry of conf/config.yaml's defaults list).
+Registered in Hydra's ConfigStore as ``config_schema`` (first entry of conf/config.yaml's defaults list),
+``evaluate_schema``, ``predict_schema``, ... (of conf/evaluate.yaml, ...: those files hold only Hydra's settings).
 A group option (conf/<group>/<option>.yaml) holds only what makes that option different; an experiment
 (conf/experiment/*.yaml) only overrides groups and keys. ``python -m date.train --cfg job`` prints the
 composed result. Hydra refuses unknown keys, wrong types and values outside a closed set (the enums);
@@ -31,12 +33,11 @@ from date.data.transforms import Augmentation
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the config groups (python -m date.train's config_path)
 LOSS_TERMS = ("o2o/cls", "o2o/l1", "o2o/giou", "o2m/cls", "o2m/iou", "o2m/ctr")
-# Keys that may differ when a run resumes (they do not change what is trained, or only how it runs).
-# All but device/amp/channels_last are also left out of the run-dir name (conf/config.yaml,
-# hydra.job.config.override_dirname.exclude_keys), so `log_every=1` still finds the same run dir.
-RESUME_SAFE_KEYS = ("name", "resume", "num_workers", "log_every", "eval_every", "eval_subset", "checkpoint_every_iters",
-                    "tracking.uri", "tracking.experiment", "tracking.system_metrics", "tracking.log_model", "device",
-                    "amp", "channels_last")
+# The keys that do not change what is trained: left out of the run-dir name, so that `log_every=1` still finds the
+# same run dir. Their one list: conf/config.yaml, hydra.job.config.override_dirname.exclude_keys (Hydra reads it there).
+RUN_DIR_EXCLUDED_KEYS = tuple(OmegaConf.load(CONF_DIR / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
+# Keys that may differ when a run resumes: those, and how it runs (these three do name the run dir).
+RESUME_SAFE_KEYS = (*RUN_DIR_EXCLUDED_KEYS, "device", "amp", "channels_last")
 
 
 class ConfigError(ValueError):
@@ -216,10 +217,8 @@ class TrainConfig:
     # experiment label: runs go to outputs/<name>/..., sweeps to multirun/<name>/...
     name: str = checked("date", lambda v: bool(v) and "/" not in v, "a non-empty name without '/'")
     seed: int = at_least(0, 0)  # seeds torch, numpy, random and the data order; same seed on CPU = same run
-    device: str = checked("auto", lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) is not None,
-                          "auto, cpu, cuda or cuda:N")  # auto: cuda if available, else cpu
-    # bf16 autocast: auto (on with CUDA, off on CPU) | true | false
-    amp: str = checked("auto", lambda v: amp_setting(v) in ("auto", "true", "false"), "auto, true or false")
+    device: str = device_field()  # auto: cuda if available, else cpu
+    amp: str = amp_field()  # bf16 autocast: auto (on with CUDA, off on CPU) | true | false
     # NHWC memory format for the model and the training images (tensor cores prefer it); off until measured
     channels_last: bool = False
     batch_size: int = at_least(8, 1)  # images per process per step
@@ -256,6 +255,31 @@ class EvaluateConfig:
 
 
 @dataclass
+class PredictConfig:
+    """Schema of conf/predict.yaml (``python -m date.predict checkpoint=... images=...``)."""
+
+    checkpoint: str = MISSING  # a model_final.pth or last.pth written by date.train (required)
+    images: Any = MISSING  # a folder, an image file, or a list of folders and files (required)
+    # the folder detections.json, images.json, predict.log and the drawn <stem>.png go into (new, empty, or an
+    # earlier prediction's); null: outputs/predict/<date_time>
+    out: Optional[str] = None
+    overwrite: bool = False  # true: out= may be a folder holding other files (same-named ones are replaced)
+    score_thresh: float = in_unit_interval(0.3)  # drawn images: boxes scoring at least this (detections.json: all)
+    device: str = device_field()  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    amp: str = amp_field()  # bf16 autocast: auto (on with CUDA, off on CPU) | true | false
+    batch_size: int = at_least(8, 1)  # images per forward pass (consecutive images of one size)
+
+
+@dataclass
+class ExportConfig:
+    """Schema of conf/export.yaml (``python -m date.export checkpoint=...``)."""
+
+    checkpoint: str = MISSING  # a model_final.pth or last.pth written by date.train (required)
+    out: Optional[str] = None  # the .onnx file to write; null: the checkpoint's path with the suffix .onnx
+    overwrite: bool = False  # true: out= may replace an existing file that is not an ONNX model
+
+
+@dataclass
 class CrowdEvalConfig:
     """Schema of conf/crowdhuman_eval.yaml (``python -m date.crowdhuman_eval gt=... dt=...``)."""
 
@@ -270,6 +294,8 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="predict_schema", node=PredictConfig)
+    cs.store(name="export_schema", node=ExportConfig)
     cs.store(name="crowdhuman_eval_schema", node=CrowdEvalConfig)
     if not OmegaConf.has_resolver("date.run_name"):
         OmegaConf.register_new_resolver("date.run_name", run_name)

@@ -22,20 +22,17 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import hydra
 import torch
 import torch.nn.functional as F
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from date import cli
-from date.config import ConfigError, check_ranges
+from date.config import ConfigError, ExportConfig, check_ranges
 from date.errors import INPUT_ERRORS
 from date.inference import SIZE_DIVISIBILITY
 from date.modeling.build import checkpoint_num_classes, detector_from_checkpoint
@@ -48,18 +45,6 @@ from date.runtime.outputs import check_output_file
 INPUT_NAMES = ("images", "image_sizes")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
 OPSET = 18
-
-
-@dataclass
-class ExportConfig:
-    """Schema of conf/export.yaml (``python -m date.export checkpoint=...``)."""
-
-    checkpoint: str = MISSING  # a model_final.pth or last.pth written by date.train (required)
-    out: Optional[str] = None  # the .onnx file to write; null: the checkpoint's path with the suffix .onnx
-    overwrite: bool = False  # true: out= may replace an existing file that is not an ONNX model
-
-
-ConfigStore.instance().store(name="export_schema", node=ExportConfig)
 
 
 # ------------------------------------------------------------------ NMS as one op

@@ -36,8 +36,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import hydra
 import torch
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
@@ -46,7 +45,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from date.coco_eval import coco_records
 from date import cli
-from date.config import ConfigError, amp_field, amp_setting, at_least, check_ranges, device_field, in_unit_interval
+from date.config import ConfigError, PredictConfig, amp_setting, check_ranges
 from date.data.build import dataset_paths
 from date.data.coco import open_image, read_annotation_file
 from date.data.errors import DatasetError
@@ -61,25 +60,6 @@ from date.runtime.outputs import check_output_folder
 log = logging.getLogger("date.predict")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # what a folder is searched for
-
-
-@dataclass
-class PredictConfig:
-    """Schema of conf/predict.yaml (``python -m date.predict checkpoint=... images=...``)."""
-
-    checkpoint: str = MISSING  # a model_final.pth or last.pth written by date.train (required)
-    images: Any = MISSING  # a folder, an image file, or a list of folders and files (required)
-    # the folder detections.json, images.json, predict.log and the drawn <stem>.png go into (new, empty, or an
-    # earlier prediction's); null: outputs/predict/<date_time>
-    out: Optional[str] = None
-    overwrite: bool = False  # true: out= may be a folder holding other files (same-named ones are replaced)
-    score_thresh: float = in_unit_interval(0.3)  # drawn images: boxes scoring at least this (detections.json: all)
-    device: str = device_field()  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
-    amp: str = amp_field()  # bf16 autocast: auto (on with CUDA, off on CPU) | true | false
-    batch_size: int = at_least(8, 1)  # images per forward pass (consecutive images of one size)
-
-
-ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
 
 
 class UnreadableImagesError(RuntimeError):

@@ -7,6 +7,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from date.assign import fcos_assign, match_one_to_one, match_one_to_one_batched, poto_quality, topk_assign
+from date.criterion import GroundTruth
 
 
 def scipy_optimum(quality: torch.Tensor) -> float:
@@ -150,7 +151,8 @@ def test_fcos_assign_matches_brute_force(seed, radius):
 def test_topk_assign_takes_at_most_k_inside_locations_per_gt():
     points, _, gt_boxes, gt_labels, logits, boxes = small_scene(3, B=2, M=4)
     valid = torch.ones(2, 4, dtype=torch.bool)
-    matched = topk_assign(logits, boxes, points, gt_boxes, gt_labels, valid, k=3, alpha=0.5, beta=6.0)
+    gt = GroundTruth(gt_boxes, gt_labels, valid, num=valid.sum(1), image_wh=torch.tensor([[64, 64]] * 2))
+    matched = topk_assign(logits, boxes, points, gt, k=3, alpha=0.5, beta=6.0)
     for b in range(2):
         for m in range(4):
             locs = (matched[b] == m).nonzero()[:, 0]

@@ -1,16 +1,18 @@
 """The Hydra configuration: every group option composes, validates and builds; bad values are refused."""
-from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.conf import HydraConf
 from hydra.errors import ConfigCompositionException
+from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
 from omegaconf import OmegaConf
 
 from date.assign import POTO, FCOSAssigner, TopKAssigner
 from date.branch_weighting import BranchWeighting
-from date.config import (RESUME_SAFE_KEYS, AssignerConfig, BackboneConfig, ConfigError, ScheduleConfig, compose_config, flatten,
-                         resume_mismatches, run_name, validate)
+from date.config import (RESUME_SAFE_KEYS, RUN_DIR_EXCLUDED_KEYS, AssignerConfig, BackboneConfig, ConfigError,
+                         CrowdEvalConfig, EvaluateConfig, ExportConfig, PredictConfig, ScheduleConfig, TrainConfig,
+                         compose_config, flatten, resolved_config, resume_mismatches, run_name, validate)
 from date.data.build import DatasetConfig
 from date.modeling.build import build_criterion, build_detector
 
@@ -80,25 +82,83 @@ def test_every_backbone_builds(option):
     assert model.head.cls_tower[0].in_channels == cfg.backbone.fpn_channels
 
 
-def _default(f):
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return None if f.default is MISSING else f.default
-
-
 SCHEMAS = {"backbone": BackboneConfig, "assigner": AssignerConfig, "schedule": ScheduleConfig,
            "branch_weighting": BranchWeighting, "dataset": DatasetConfig}
+# The schema of each file whose keys sit at the root (experiments: `# @package _global_`); ``hydra.launcher`` there is
+# the SLURM launcher's (the COCO recipes').
+ROOT_SCHEMAS = {"config.yaml": TrainConfig, "evaluate.yaml": EvaluateConfig, "predict.yaml": PredictConfig,
+                "export.yaml": ExportConfig, "crowdhuman_eval.yaml": CrowdEvalConfig, "experiment": TrainConfig}
+LAUNCHERS = {"slurm.yaml": SlurmQueueConf, "local.yaml": LocalQueueConf}  # conf/hydra/launcher/: the plugin's schemas
+# YAMLs without defaults to repeat: Hydra replaces the whole job_logging node with the option, merging nothing
+SCHEMA_FREE = {"hydra/job_logging/console.yaml"}
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
-def test_group_options_hold_only_what_differs_from_the_schema(group, option):
-    """One home per default: an option file that repeats a schema default would be a second home."""
-    written = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"))
-    if "defaults" in written:  # builds on another option (coco_json on coco): compared there
+def _defaults(schema: type) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True)
+
+
+def _baseline(path: Path) -> dict:
+    """The values a file's keys would have without it: its schema's defaults, then the files of its own folder that
+    its defaults list builds on (coco_json on coco, a _3dmf recipe on its recipe, a recipe on base/coco_8gpu)."""
+    rel = path.relative_to(CONF)
+    if rel.parts[0] in SCHEMAS:
+        base = _defaults(SCHEMAS[rel.parts[0]])
+    elif rel.parts[0] == "hydra":
+        base = _defaults(LAUNCHERS[rel.name])
+    else:
+        base = {**_defaults(ROOT_SCHEMAS[rel.parts[0]]), "hydra": _defaults(HydraConf)}
+        base["hydra"]["launcher"] = _defaults(SlurmQueueConf)
+    written = OmegaConf.to_container(OmegaConf.load(path))
+    for entry in written.get("defaults", []):
+        if isinstance(entry, str) and (path.parent / f"{entry}.yaml").is_file():
+            base = _overlay(_baseline(path.parent / f"{entry}.yaml"), _written(path.parent / f"{entry}.yaml"))
+    return base
+
+
+def _overlay(base: dict, written: dict) -> dict:
+    """``base`` with ``written``'s values, nested dicts merged ("???" too: OmegaConf.merge would keep base's)."""
+    out = dict(base)
+    for key, value in written.items():
+        out[key] = _overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _written(path: Path) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path)).items() if k != "defaults"}
+
+
+def _repeats(written: dict, baseline: dict, prefix: str = "") -> dict:
+    found = {}
+    for key, value in written.items():
+        if isinstance(value, dict) and isinstance(baseline.get(key), dict):
+            found.update(_repeats(value, baseline[key], f"{prefix}{key}."))
+        elif key in baseline and baseline[key] == value:
+            found[f"{prefix}{key}"] = value
+    return found
+
+
+ALL_YAMLS = sorted(str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", ALL_YAMLS)
+def test_every_yaml_holds_only_what_differs_from_the_schema(name):
+    """One home per default: a file under conf/ that repeats a schema default (or the value of the file it builds
+    on) would be a second home."""
+    if name in SCHEMA_FREE:
         return
-    defaults = {f.name: _default(f) for f in fields(SCHEMAS[group])}
-    repeated = {k: v for k, v in written.items() if k in defaults and defaults[k] == v}
-    assert not repeated, f"conf/{group}/{option}.yaml repeats schema defaults {repeated}"
+    path = CONF / name
+    repeated = _repeats(_written(path), _baseline(path))
+    assert not repeated, f"conf/{name} repeats schema defaults {repeated}"
+
+
+def test_the_no_repeat_check_sees_every_yaml_and_catches_a_repeat(tmp_path):
+    assert {"config.yaml", "evaluate.yaml", "experiment/coco_r50_1x.yaml", "hydra/launcher/slurm.yaml",
+            "dataset/coco_json.yaml"} <= set(ALL_YAMLS)
+    assert _repeats({"device": "auto", "batch_size": 2, "hydra": {"launcher": {"nodes": 1, "tasks_per_node": 8}}},
+                    _baseline(CONF / "experiment" / "coco_r50_1x.yaml")) == \
+        {"device": "auto", "batch_size": 2, "hydra.launcher.nodes": 1, "hydra.launcher.tasks_per_node": 8}
+    assert _repeats({"root": None, "max_size": 1333}, _baseline(CONF / "dataset" / "coco_json.yaml")) == \
+        {"max_size": 1333}  # coco_json builds on coco: its root=null undoes coco's, its max_size would repeat it
 
 
 @pytest.mark.parametrize("override", ["schedule.epoch=3", "optim.learning_rate=1", "batch_size=eight",
@@ -164,6 +224,14 @@ def test_run_dir_name_leaves_out_exactly_keys_that_may_change_on_resume():
         cfg = compose(config_name="config", return_hydra_config=True)
     excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
     assert excluded <= set(RESUME_SAFE_KEYS)
+    # one list: what Hydra leaves out of the run-dir name is what date.config read, plus how a run runs
+    assert tuple(cfg.hydra.job.config.override_dirname.exclude_keys) == RUN_DIR_EXCLUDED_KEYS
+    assert set(RESUME_SAFE_KEYS) - excluded == {"device", "amp", "channels_last"}
+    assert "log_every" in excluded and "tracking.uri" in excluded and "seed" not in excluded
+    # a resume may change every one of them (flatten: the dotted keys resume_mismatches compares), and no other key
+    saved = flatten(resolved_config(_compose()))
+    assert resume_mismatches(saved, {**saved, **{key: "changed" for key in RESUME_SAFE_KEYS}}) == []
+    assert resume_mismatches(saved, {**saved, "seed": 1}) == ["seed: 0 -> 1"]
     assert not cfg.hydra.job.chdir
 
 

@@ -13,10 +13,11 @@ from torchvision.transforms.v2 import functional as F
 
 from conftest import SMOKE, run_module, sandbox_env
 from date.coco_eval import predict_coco
+from date.config import PredictConfig
 from date.data.build import build_val_dataset
 from date.data.loader import build_eval_loader
 from date.modeling.build import checkpoint_config, detector_from_checkpoint
-from date.predict import PredictConfig, run
+from date.predict import run
 from date.runtime import checkpoint as ckpt
 from date.runtime.checkpoint import CheckpointError
 

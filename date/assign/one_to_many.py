@@ -50,9 +50,7 @@ def topk_assign(
     cls_logits: Tensor,
     pred_boxes: Tensor,
     points: Tensor,
-    gt_boxes: Tensor,
-    gt_labels: Tensor,
-    gt_valid: Tensor,
+    gt,
     *,
     k: int,
     alpha: float,
@@ -64,10 +62,14 @@ def topk_assign(
 
     Args:
         cls_logits (Tensor[B, N, C]), pred_boxes (Tensor[B, N, 4]): the one-to-many branch's predictions.
-        points (Tensor[N, 2]); gt_boxes (Tensor[B, M, 4]); gt_labels (Tensor[B, M]); gt_valid (Tensor[B, M]).
+        points (Tensor[N, 2]).
+        gt: the padded ground truths, as date.criterion.GroundTruth holds them (not imported: date.criterion
+            imports this module): ``boxes`` (Tensor[B, M, 4]), ``labels`` (Tensor[B, M]), ``valid`` (Tensor[B, M]
+            bool, False marks padding).
     Returns:
         LongTensor[B, N]
     """
+    gt_boxes, gt_labels, gt_valid = gt.boxes, gt.labels, gt.valid
     B, N, _ = cls_logits.shape
     M = gt_boxes.shape[1]
     if M == 0:
@@ -132,5 +134,4 @@ class TopKAssigner:
     def __call__(self, cls_logits: Tensor, pred_boxes: Tensor, loc, gt) -> Tensor:
         """The one-to-many branch's logits [B, N, C] and boxes [B, N, 4], the locations and the padded gts
         -> LongTensor[B, N] (see topk_assign)."""
-        return topk_assign(cls_logits, pred_boxes, loc.points, gt.boxes, gt.labels, gt.valid, k=self.k,
-                           alpha=self.alpha, beta=self.beta)
+        return topk_assign(cls_logits, pred_boxes, loc.points, gt, k=self.k, alpha=self.alpha, beta=self.beta)

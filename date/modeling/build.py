@@ -13,7 +13,7 @@ from date.criterion import DATECriterion
 from date.modeling.backbone import build_resnet_fpn
 from date.modeling.decode import Decoding
 from date.modeling.detector import DATEDetector
-from date.modeling.head import DATEHead
+from date.modeling.head import DATEHead, HeadOptions
 from date.runtime.checkpoint import CheckpointError
 
 STRIDES = (8, 16, 32, 64, 128)  # P3-P7
@@ -24,9 +24,10 @@ def build_detector(cfg, *, num_classes: int) -> DATEDetector:
     mode, m = Mode(cfg.assigner.mode), cfg.model
     body = build_resnet_fpn(depth=cfg.backbone.depth, weights=str(cfg.backbone.weights),
                             fpn_channels=cfg.backbone.fpn_channels)
+    options = HeadOptions(num_convs=m.num_convs, use_3dmf=m.use_3dmf, prior_prob=m.prior_prob,
+                          share_towers=m.share_towers, o2m_box_coding=str(m.o2m_box_coding), o2m_detach=m.o2m_detach)
     head = DATEHead(channels=cfg.backbone.fpn_channels, num_classes=num_classes, strides=STRIDES,
-                    branches=BRANCHES[mode], num_convs=m.num_convs, use_3dmf=m.use_3dmf, prior_prob=m.prior_prob,
-                    share_towers=m.share_towers, o2m_box_coding=str(m.o2m_box_coding), o2m_detach=m.o2m_detach)
+                    branches=BRANCHES[mode], options=options)
     decoding = Decoding(score_thresh=m.score_thresh, topk_candidates=m.topk_candidates,
                         detections_per_img=m.detections_per_img, nms_thresh=m.nms_thresh)
     return DATEDetector(backbone=body, head=head, strides=STRIDES, inference_branch="o2m" if mode == Mode.o2m else "o2o",

@@ -6,6 +6,7 @@ D = channels.
 """
 import hashlib
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,24 @@ def _flatten(maps: list[Tensor]) -> Tensor:
     return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], dim=1)
 
 
+@dataclass(frozen=True)
+class HeadOptions:
+    """How the head is built and run (the ``model.*`` keys of the same names; their defaults: date/config.py)."""
+
+    num_convs: int  # convs per tower (GN(32) + ReLU after each)
+    use_3dmf: bool  # multiply the o2o score by a 3D-max-filter on the reg tower (DATE-F-3DMF)
+    prior_prob: float  # initial foreground probability of the classifiers
+    # both branches on the same towers and Scales (the official ``share_stacked_convs``); False gives the o2m
+    # branch its own (``o2m_towers``)
+    share_towers: bool
+    # "exp" (ltrb = exp(scale * x) pixels, the paper's FCOS) or "linear" (relu(scale * x) * stride,
+    # torchvision's FCOS and the o2o branch)
+    o2m_box_coding: str
+    # the o2m predictors see detached tower features and Scales, so the o2m loss trains only them (a diagnostic:
+    # the branches then share no gradient)
+    o2m_detach: bool
+
+
 class DATEHead(nn.Module):
     """Towers (shared by both branches, as in the paper, or one set per branch) + per-branch predictors.
 
@@ -73,21 +92,13 @@ class DATEHead(nn.Module):
         num_classes: C.
         strides: the stride of each FPN level (one Scale per level).
         branches: which predictors exist: ("o2o",), ("o2m",) or both.
-        num_convs: convs per tower (GN(32) + ReLU after each).
-        use_3dmf: multiply the o2o score by a 3D-max-filter on the reg tower (DATE-F-3DMF).
-        prior_prob: initial foreground probability of the classifiers.
-        share_towers: both branches on the same towers and Scales (the official ``share_stacked_convs``);
-            False gives the o2m branch its own (``o2m_towers``).
-        o2m_box_coding: "exp" (ltrb = exp(scale * x) pixels, the paper's FCOS) or "linear"
-            (relu(scale * x) * stride, torchvision's FCOS and the o2o branch).
-        o2m_detach: the o2m predictors see detached tower features and Scales, so the o2m loss trains
-            only them (a diagnostic: the branches then share no gradient).
+        options: the towers, the 3D max-filter, the classifier prior and the o2m branch's coding (HeadOptions).
     """
 
     def __init__(self, *, channels: int, num_classes: int, strides: tuple[int, ...], branches: tuple[str, ...],
-                 num_convs: int, use_3dmf: bool, prior_prob: float, share_towers: bool, o2m_box_coding: str,
-                 o2m_detach: bool):
+                 options: HeadOptions):
         super().__init__()
+        num_convs, use_3dmf = options.num_convs, options.use_3dmf
         if not branches or not set(branches) <= set(BRANCHES):
             raise ValueError(f"branches={branches!r}: expected a non-empty subset of {BRANCHES}")
         # One draw from the global RNG, the same in every assigner mode, seeds the head's init; the layers'
@@ -96,12 +107,12 @@ class DATEHead(nn.Module):
         global_rng = torch.get_rng_state()
         self.strides = tuple(strides)
         self.branches = tuple(branches)
-        self.o2m_box_coding, self.o2m_detach = str(o2m_box_coding), o2m_detach
+        self.o2m_box_coding, self.o2m_detach = str(options.o2m_box_coding), options.o2m_detach
         self.cls_tower = _tower(channels, num_convs)
         self.reg_tower = _tower(channels, num_convs)
         self.scales = nn.ModuleList(Scale(1.0) for _ in strides)
         self.o2m_towers = None
-        if not share_towers and len(self.branches) > 1:
+        if not options.share_towers and len(self.branches) > 1:
             self.o2m_towers = nn.ModuleDict({"cls_tower": _tower(channels, num_convs),
                                              "reg_tower": _tower(channels, num_convs),
                                              "scales": nn.ModuleList(Scale(1.0) for _ in strides)})
@@ -116,7 +127,7 @@ class DATEHead(nn.Module):
             self.predictors["o2m"] = nn.ModuleDict({"cls": conv(num_classes), "box": conv(4), "ctr": conv(1)})
         self.max_filter = MaxFiltering3D(channels=channels) if use_3dmf else None
         self.filter_predictor = conv(1) if use_3dmf else None
-        self._init_weights(init_seed, prior_prob)
+        self._init_weights(init_seed, options.prior_prob)
         torch.set_rng_state(global_rng)
 
     def _init_weights(self, init_seed: int, prior_prob: float) -> None:

@@ -2,7 +2,8 @@
 # coco_recipe EXPERIMENT ASSIGNERS ASSIGNERS_3DMF [Hydra overrides ...]
 #   Two sweeps on SLURM, submitted together: experiment=EXPERIMENT over ASSIGNERS, and
 #   experiment=EXPERIMENT_3dmf over ASSIGNERS_3DMF (3DMF filters the o2o score: it has no o2m-only form).
-#   Every hyperparameter is in conf/experiment/EXPERIMENT.yaml (`--cfg job` prints them). Then the
+#   Every hyperparameter is in conf/experiment/EXPERIMENT.yaml and the base it includes,
+#   conf/experiment/base/coco_8gpu.yaml (`--cfg job` prints them). Then the
 #   convergence report over both sweeps and the NMS-free evidence on their final checkpoints.
 # Environment: COCO_ROOT (required), SEEDS (0), PYTHON, SWEEP_DIR, OUT. Other settings are overrides,
 #   e.g. backbone.weights=/path/to/resnet50.pth offline, or fewer GPUs (16 images per step in all):
