@@ -21,7 +21,7 @@ from date.modeling.build import build_detector, detector_from_checkpoint
 from date.runtime import checkpoint as ckpt
 from date.runtime.checkpoint import CheckpointError
 from date.runtime.logged_model import checked_images, detections_frame, log_detector, model_signature
-from date.runtime.tracking import RunTracker
+from date.runtime.run_tracker import RunTracker
 
 # Loads the model in a new process (cwd outside the repo, no PYTHONPATH), predicts, saves the columns.
 LOAD_AND_PREDICT = """
