@@ -36,8 +36,8 @@ print(date.__file__)
 
 @pytest.fixture
 def trained(tmp_path, data_cache, one_thread):
-    """(model_final.pth as date.trainer writes it, the val split). prior_prob=0.5: the untrained o2o
-    branch scores ~0.5 everywhere, so every image has its 100 detections."""
+    """(model_final.pth as date/training/hooks/final_model.py writes it, the val split). prior_prob=0.5: the
+    untrained o2o branch scores ~0.5 everywhere, so every image has its 100 detections."""
     cfg = compose_config([*SMOKE, f"dataset.cache_dir={data_cache}", "model.num_convs=1", "model.prior_prob=0.5"])
     val_set = build_val_dataset(cfg.dataset)
     torch.manual_seed(0)

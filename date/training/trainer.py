@@ -186,23 +186,22 @@ class Trainer:
         self.elapsed_before = self.state.elapsed_s  # wall time of the earlier processes of this run (resumes)
         self.restart_clock()
         with logging_redirect_tqdm():
-            self._call("before_train")
+            for hook in self.hooks:
+                hook.before_train(self)
             while not self.done:
                 self._train_epoch()
                 self.state.epoch += 1
                 self.state.iter_in_epoch = 0
-                self._call("after_epoch")
+                for hook in self.hooks:
+                    hook.after_epoch(self)
                 self.restart_clock()
-        self._call("after_train")
+        for hook in self.hooks:
+            hook.after_train(self)
         this_process = time.perf_counter() - self.start_time
         resumed = f"; {this_process:.1f} s since the last resume" if self.elapsed_before else ""
         log.info("Training done in %.1f s (the whole run%s). Final metrics:\n%s", self.elapsed_before + this_process,
                  resumed, metrics_table(self.state.metrics))
         return dict(self.state.metrics)
-
-    def _call(self, point: str, *args) -> None:
-        for hook in self.hooks:
-            getattr(hook, point)(self, *args)
 
     def restart_clock(self) -> None:
         """The time until the next step ends is the next step's (what came before, e.g. a save, is not training)."""
@@ -217,14 +216,17 @@ class Trainer:
         for images, targets in loader:
             if self.done:
                 break
-            self._call("before_step")
+            for hook in self.hooks:
+                hook.before_step(self)
             losses, values = self.step(images, targets)
             state.global_iter += 1
             state.iter_in_epoch += 1
             now = time.perf_counter()
             seconds, self._tick = now - self._tick, now
-            self._call("after_step", StepOutput(losses, values, images=images.shape[0] * self.run.dist.world_size,
-                                                lr=self.lr_now, seconds=seconds))
+            step = StepOutput(losses, values, images=images.shape[0] * self.run.dist.world_size, lr=self.lr_now,
+                              seconds=seconds)
+            for hook in self.hooks:
+                hook.after_step(self, step)
 
     def step(self, images: torch.Tensor, targets: list[dict]) -> tuple[Losses, list[float]]:
         """One optimisation step; returns the losses and [total, terms...] as floats (mean over processes).
