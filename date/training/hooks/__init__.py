@@ -1,5 +1,6 @@
 """The hooks of the training loop, one concern each (date/training/trainer.py calls them in its order):
 
+  base.py          what a hook is: the points of the loop it may act at
   train_log.py     the log line and the train/* metrics, every log_every iterations
   progress_bar.py  the terminal's progress bar
   evaluation.py    COCO evaluation (val/*) after every eval_every-th epoch and at the end
