@@ -1,8 +1,9 @@
 """Training entrypoint: ``python -m date.train [group=option ...] [key=value ...]`` (``-m`` to sweep).
 
-Order of work: validate the config, probe the MLflow store, validate the datasets, then build the
-model and train. Bad input ends with a one-paragraph message on stderr and exit code 2 (set
-HYDRA_FULL_ERROR=1 for the full traceback); a NaN/Inf loss ends with exit code 1.
+Order of work: compose and check (the config, the MLflow store, the datasets; then the MLflow run starts),
+build (the detector, its criterion, the trainer), fit (date/training/), report. Bad input ends with a
+one-paragraph message on stderr and exit code 2 (set HYDRA_FULL_ERROR=1 for the full traceback); a NaN/Inf
+loss ends with exit code 1.
 
 The run directory is deterministic (conf/config.yaml, hydra.run.dir): re-running the same command
 resumes from ``<run dir>/last.pth`` and continues the same MLflow run.
@@ -41,9 +42,13 @@ from date.runtime.logs import errors_as_messages, job_log_file, log_to_rank_file
 from date.runtime.outputs import check_writable
 from date.runtime.preemption import checkpoint_on_signal
 from date.runtime.run_dir_lock import LOCK_FILE, run_dir_lock
-from date.runtime.tracking import (GROUP_TAGS, RUN_ID_FILE, RunTracker, check_reachable, dataset_inputs, git_commit,
+from date.runtime.run_tracker import NullTracker, RunTracker
+from date.runtime.tracking import (GROUP_TAGS, RUN_ID_FILE, check_reachable, dataset_inputs, git_commit,
                                    mask_credentials, mlflow_run_name, read_or_create_sweep_id, resolve_uri)
-from date.trainer import FIGURE, FINAL_FLUSH_S, NonFiniteLossError, Trainer
+from date.training.hooks.final_model import FIGURE
+from date.training.hooks.metrics_flush import FINAL_FLUSH_S
+from date.training.non_finite import NonFiniteLossError
+from date.training.trainer import RunContext, Trainer
 
 log = logging.getLogger("date.train")
 
@@ -63,7 +68,7 @@ class _Job(NamedTuple):
     resolved: dict
     resume_from: Optional[dict]
     datasets: Optional[tuple]  # (train, val); None for a finished run
-    tracker: Optional[RunTracker]  # rank 0's MLflow run
+    tracker: RunTracker | NullTracker  # rank 0's MLflow run; a NullTracker on the other ranks
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -109,32 +114,30 @@ def _prepare(cfg: DictConfig, hc, run_dir: Path, dist_info) -> _Job:
     if not finished:
         datasets = _datasets(cfg, dist_info)
         check_batch_size(len(datasets[0]), cfg.batch_size, dist_info.world_size)
-    tracker = _start_tracker(cfg, hc, uri, run_dir, resume_from) if dist_info.is_main else None
+    tracker = _start_tracker(cfg, hc, uri, run_dir, resume_from) if dist_info.is_main else NullTracker()
     return _Job(device, resolved, resume_from, datasets, tracker)
 
 
 def _run_job(cfg: DictConfig, hc, run_dir: Path, dist_info, job: _Job) -> dict[str, float]:
-    tracker, resolved = job.tracker, job.resolved
+    """Build and fit (a finished run: nothing to train), then report; a training that raises leaves its MLflow run
+    FAILED (KILLED when stopped)."""
     # SLURM preemption / time limit: save, requeue, resume; SIGTERM / Ctrl-C elsewhere: save, say how to resume.
     # Deferred until the end of the run: a signal after the last iteration lets the run finish its final files.
     with checkpoint_on_signal(_resume_command(hc)) as preemption:
         try:
             if job.datasets is None:
-                return _report_finished(tracker, run_dir, resolved, job.resume_from)
-            metrics = _train(cfg, resolved, run_dir, job.device, dist_info, tracker, job.resume_from, *job.datasets,
-                             preemption=preemption)
+                metrics = _finished_metrics(job.tracker, run_dir, job.resume_from)
+            else:
+                trainer = _build(cfg, run_dir, dist_info, job, preemption)
+                metrics = trainer.fit()
         except BaseException as exc:
-            if tracker is not None:
-                tracker.flush_until(10.0)
+            job.tracker.flush_until(10.0)
+            if dist_info.is_main:  # rank 0 holds the run's files and its MLflow run
                 killed = isinstance(exc, (KeyboardInterrupt, SystemExit))
-                _finish(tracker, run_dir, resolved, status="KILLED" if killed else "FAILED")
+                _finish(job.tracker, run_dir, job.resolved, status="KILLED" if killed else "FAILED")
             raise
-        if tracker is not None:
-            if cfg.tracking.log_model:
-                _log_model(tracker, run_dir, job.datasets[1])
-            _finish(tracker, run_dir, resolved)
         if dist_info.is_main:
-            _say_where(cfg, tracker, run_dir)
+            _report(cfg, job, run_dir)
         return metrics
 
 
@@ -188,11 +191,18 @@ def _log_model(tracker: RunTracker, run_dir: Path, val_set) -> None:
     log.info("MLflow model %s: mlflow.pyfunc.load_model('runs:/%s/model').predict(images)", uri, tracker.run_id)
 
 
-def _say_where(cfg, tracker: RunTracker | None, run_dir: Path) -> None:
-    """The last lines of a run: where its MLflow run, checkpoint and convergence figure are."""
-    if tracker is not None:
-        log.info("MLflow run %s (experiment %r) in %s; browse with: mlflow ui --backend-store-uri %s", tracker.run_id,
-                 cfg.tracking.experiment, tracker.display_uri, tracker.display_uri)
+def _report(cfg, job: _Job, run_dir: Path) -> None:
+    """Rank 0, after the training: the final model as an MLflow model (tracking.log_model), the MLflow run closed,
+    and where its MLflow run, checkpoint and convergence figure are. A run found finished only closes its MLflow run
+    again (its model was logged when it finished)."""
+    if job.datasets is None:
+        _finish(job.tracker, run_dir, job.resolved)
+        return
+    if cfg.tracking.log_model:
+        _log_model(job.tracker, run_dir, job.datasets[1])
+    _finish(job.tracker, run_dir, job.resolved)
+    log.info("MLflow run %s (experiment %r) in %s; browse with: mlflow ui --backend-store-uri %s", job.tracker.run_id,
+             cfg.tracking.experiment, job.tracker.display_uri, job.tracker.display_uri)
     log.info("Checkpoint: %s (python -m date.evaluate checkpoint=%s)", run_dir / ckpt.FINAL, run_dir / ckpt.FINAL)
     log.info("Convergence figure: %s", run_dir / FIGURE)
 
@@ -263,13 +273,12 @@ def _start_tracker(cfg, hc, uri: str, run_dir: Path, resume_from: dict | None) -
                             run_id=run_id, system_metrics=cfg.tracking.system_metrics)
 
 
-def _report_finished(tracker: RunTracker | None, run_dir: Path, resolved: dict, saved: dict) -> dict[str, float]:
+def _finished_metrics(tracker: RunTracker | NullTracker, run_dir: Path, saved: dict) -> dict[str, float]:
+    """A run found finished: its final metrics, and the metrics it could not send then sent now."""
     log.info("The run in %s has already finished (%s); nothing to train (resume=false trains it again).",
              run_dir, "  ".join(f"{k} {v:.4f}" for k, v in saved.get("metrics", {}).items()))
-    if tracker is not None:
-        tracker.restore_pending(saved.get("pending_metrics", []))
-        tracker.flush_until(FINAL_FLUSH_S)
-        _finish(tracker, run_dir, resolved)
+    tracker.restore_pending(saved.get("pending_metrics", []))
+    tracker.flush_until(FINAL_FLUSH_S)
     return dict(saved.get("metrics", {}))
 
 
@@ -284,24 +293,26 @@ def _datasets(cfg, dist_info):
     return train_set, val_set
 
 
-def _train(cfg, resolved, run_dir, device, dist_info, tracker, resume_from, train_set, val_set, *,
-           preemption=None) -> dict[str, float]:
-    if tracker is not None:
-        tracker.log_params(flatten(resolved))
-        tracker.log_datasets(dataset_inputs(cfg.dataset, HydraConfig.get().runtime.choices.get("dataset"),
+def _build(cfg, run_dir: Path, dist_info, job: _Job, preemption) -> Trainer:
+    """The run's params and datasets into its MLflow run, then the seeded detector, its criterion and the trainer
+    (resumed from the checkpoint, if any)."""
+    train_set, val_set = job.datasets
+    job.tracker.log_params(flatten(job.resolved))
+    job.tracker.log_datasets(dataset_inputs(cfg.dataset, HydraConfig.get().runtime.choices.get("dataset"),
                                             {"train": train_set.ann_file, "val": val_set.ann_file}))
     seed_everything(cfg.seed + dist_info.rank)
     model = build_detector(cfg, num_classes=train_set.num_classes)
     log.info("Model: ResNet-%d FPN, assigner %s (o2m rule %s), %.2f M trainable parameters", cfg.backbone.depth,
              cfg.assigner.mode, cfg.assigner.o2m,
              sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)
-    trainer = Trainer(cfg, model=model, criterion=build_criterion(cfg), train_set=train_set, val_set=val_set,
-                      run_dir=run_dir, device=device, dist_info=dist_info, tracker=tracker, resume_from=resume_from,
-                      preemption=preemption)
-    return trainer.fit()
+    run = RunContext(run_dir, job.device, dist_info, job.tracker, preemption)
+    trainer = Trainer(cfg, model=model, criterion=build_criterion(cfg), datasets=job.datasets, run=run)
+    if job.resume_from is not None:
+        trainer.resume(job.resume_from)
+    return trainer
 
 
-def _finish(tracker: RunTracker, run_dir: Path, resolved: dict, status: str = "FINISHED") -> None:
+def _finish(tracker: RunTracker | NullTracker, run_dir: Path, resolved: dict, status: str = "FINISHED") -> None:
     """Upload the resolved config, the eval results and the job log; close the MLflow run."""
     try:
         ckpt.write_atomic(run_dir / "config_resolved.yaml", mask_credentials(OmegaConf.to_yaml(resolved)))

@@ -2,7 +2,7 @@
 
     python experiments/fcos_parity.py --out experiments/results/fcos_parity [--seeds 0,1,2] [--reuse DIR] [overrides ...]
 
-Three detectors, each trained by date.trainer.Trainer on the same config (conf/experiment/
+Three detectors, each trained by date.training.trainer.Trainer on the same config (conf/experiment/
 convergence_synthetic.yaml plus the overrides: data, loader, optimiser, schedule, seeds):
 - ``ours, torchvision recipe``: assigner=o2m with linear box coding, GIoU box loss, centre sampling 1.5;
 - ``ours, paper recipe``: assigner=o2m as DATE's FCOS (exp coding, centerness-weighted -log IoU, no sampling);
@@ -33,7 +33,7 @@ from date.data.build import build_datasets
 from date.modeling.backbone import build_resnet_fpn
 from date.modeling.build import build_criterion, build_detector
 from date.runtime.checkpoint import seed_everything
-from date.trainer import Trainer
+from date.training.trainer import RunContext, Trainer
 
 RECIPES = {
     "ours, torchvision recipe": ["assigner=o2m", "model.o2m_box_coding=linear", "model.o2m_box_loss=giou",
@@ -109,8 +109,8 @@ def train_one(recipe: str, seed: int, overrides: list[str], out: Path, reusable:
     else:
         model, criterion = build_detector(cfg, num_classes=train_set.num_classes), build_criterion(cfg)
     run_dir = out / "runs" / f"{recipe.replace(' ', '_').replace(',', '')}-s{seed}"
-    Trainer(cfg, model=model, criterion=criterion, train_set=train_set, val_set=val_set, run_dir=run_dir,
-            device=torch.device("cpu")).fit()
+    Trainer(cfg, model=model, criterion=criterion, datasets=(train_set, val_set),
+            run=RunContext(run_dir, torch.device("cpu"))).fit()
     (run_dir / "config.json").write_text(json.dumps(resolved_config(cfg), indent=1))
     return json.loads((run_dir / "eval_results.json").read_text())
 

@@ -22,7 +22,7 @@ from date.modeling.build import build_detector, detector_from_checkpoint
 from date.runtime import checkpoint as ckpt
 from date.runtime.checkpoint import CheckpointError
 from date.runtime.logged_model import checked_images, detections_frame, log_detector, model_signature
-from date.runtime.tracking import RunTracker
+from date.runtime.run_tracker import RunTracker
 
 # Loads the model in a new process (cwd outside the repo, no PYTHONPATH), predicts, saves the columns.
 LOAD_AND_PREDICT = """
@@ -37,8 +37,8 @@ print(date.__file__)
 
 @pytest.fixture
 def trained(tmp_path, data_cache, one_thread):
-    """(model_final.pth as date.trainer writes it, the val split). prior_prob=0.5: the untrained o2o
-    branch scores ~0.5 everywhere, so every image has its 100 detections."""
+    """(model_final.pth as date/training/hooks/final_model.py writes it, the val split). prior_prob=0.5: the
+    untrained o2o branch scores ~0.5 everywhere, so every image has its 100 detections."""
     cfg = compose_config([*SMOKE, f"dataset.cache_dir={data_cache}", "model.num_convs=1", "model.prior_prob=0.5"])
     val_set = build_val_dataset(cfg.dataset)
     torch.manual_seed(0)

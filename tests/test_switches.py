@@ -8,7 +8,7 @@ import torch
 from conftest import two_images
 from date.config import compose_config
 from date.modeling.build import build_criterion, build_detector
-from date.trainer import build_optimizer
+from date.training.optim import build_optimizer
 
 NARROW = ["backbone.fpn_channels=64", "model.num_convs=1"]
 

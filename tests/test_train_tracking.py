@@ -16,7 +16,8 @@ from conftest import REPO, SMOKE, free_port, run_module
 from date.data.build import DatasetConfig
 from date.data.synthetic import SyntheticParams
 from date.runtime import tracking
-from date.runtime.tracking import RunTracker, TrackingError
+from date.runtime.run_tracker import RunTracker
+from date.runtime.tracking import TrackingError
 
 
 def _steps(uri, run_id, key):
@@ -278,7 +279,7 @@ def test_server_outage_during_a_training_run_loses_and_duplicates_no_step(restar
 _RACER = """
 import sys, time
 from pathlib import Path
-from date.runtime.tracking import RunTracker
+from date.runtime.run_tracker import RunTracker
 uri, root, start, n = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 inputs = {"train": ("synthetic", "/data/train.json", "d1"), "val": ("synthetic", "/data/val.json", "d2")}
 for i in range(n):

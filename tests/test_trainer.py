@@ -1,4 +1,5 @@
-"""The trainer in-process: lr schedule, optimiser groups, checkpoints, repeatability, resume, NaN stop."""
+"""The trainer in-process: lr schedule, optimiser groups, checkpoints, repeatability, resume, NaN stop, the typed
+state against last.pth's keys."""
 import json
 import random
 
@@ -8,7 +9,9 @@ import torch
 
 from conftest import two_images
 from date.config import compose_config
-from date import trainer
+from date.training import non_finite, optim
+from date.training.state import TrainState
+from date.training.trainer import RunContext, Trainer
 from date.data.build import build_datasets
 from date.modeling.build import build_criterion, build_detector
 from date.runtime import checkpoint as ckpt
@@ -51,13 +54,15 @@ def _train(setup, run_dir, *, model=None, criterion=None, resume_from=None, **ke
     cfg = cfg.copy()
     for key, value in keys.items():
         cfg[key] = value
-    return trainer.Trainer(cfg, model=model or _model(cfg, train_set.num_classes),
-                           criterion=criterion or build_criterion(cfg), train_set=train_set, val_set=val_set,
-                           run_dir=run_dir, device=torch.device("cpu"), resume_from=resume_from).fit()
+    t = Trainer(cfg, model=model or _model(cfg, train_set.num_classes), criterion=criterion or build_criterion(cfg),
+                datasets=(train_set, val_set), run=RunContext(run_dir, torch.device("cpu")))
+    if resume_from is not None:
+        t.resume(resume_from)
+    return t.fit()
 
 
 def test_lr_factor_warmup_then_steps():
-    f = lambda it: trainer.lr_factor(it, warmup_iters=10, warmup_ratio=0.001, milestones=[20, 30])  # noqa: E731
+    f = lambda it: optim.lr_factor(it, warmup_iters=10, warmup_ratio=0.001, milestones=[20, 30])  # noqa: E731
     assert f(0) == pytest.approx(0.001)
     assert f(5) == pytest.approx(0.001 * 0.5 + 0.5)
     assert f(10) == f(19) == 1.0
@@ -68,7 +73,7 @@ def test_lr_factor_warmup_then_steps():
 def test_optimizer_groups(setup):
     cfg, train_set, _ = setup
     model = _model(cfg, train_set.num_classes)
-    opt = trainer.build_optimizer(model, lr=1.0, weight_decay=0.5, backbone_lr_mult=0.1)
+    opt = optim.build_optimizer(model, lr=1.0, weight_decay=0.5, backbone_lr_mult=0.1)
     by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
         group = by_id[id(p)]
@@ -130,7 +135,7 @@ def test_nan_loss_stops_naming_iteration_and_term_without_checkpoint(setup, tmp_
         return terms
 
     monkeypatch.setattr(criterion, "o2m_losses", o2m_losses)
-    with pytest.raises(trainer.NonFiniteLossError) as info:
+    with pytest.raises(non_finite.NonFiniteLossError) as info:
         _train(setup, tmp_path, criterion=criterion, checkpoint_every_iters=2)
     message = str(info.value)
     assert "iteration 3 " in message and "o2m/iou is nan" in message and "last.pth" in message
@@ -192,10 +197,22 @@ def test_channels_last_trains_to_the_same_losses_on_a_fixed_batch(setup, tmp_pat
         run_cfg.channels_last = channels_last
         model = _model(run_cfg, train_set.num_classes)
         model.load_state_dict(start)
-        t = trainer.Trainer(run_cfg, model=model, criterion=build_criterion(run_cfg), train_set=train_set,
-                            val_set=val_set, run_dir=tmp_path / str(channels_last), device=torch.device("cpu"))
+        t = Trainer(run_cfg, model=model, criterion=build_criterion(run_cfg), datasets=(train_set, val_set),
+                    run=RunContext(tmp_path / str(channels_last), torch.device("cpu")))
         conv = model.backbone.body.conv1.weight
         assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
-        losses[channels_last] = [t._step(images, targets, 0, i)[1] for i in range(3)]
+        losses[channels_last] = [t.step(images, targets)[1] for _ in range(3)]
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-5, atol=1e-5)
     assert losses[False][0] != losses[False][2]  # the steps trained
+
+
+def test_state_is_written_under_last_pths_keys_and_reads_older_checkpoints():
+    state = TrainState(epoch=1, iter_in_epoch=2, global_iter=6, metrics={"train/loss": 1.5}, loss_history=[[4, 1.5]])
+    state.window.count, state.window.sums = 2, {"total": 3.0}
+    saved = state.as_checkpoint()
+    assert list(saved) == ["epoch", "iter_in_epoch", "global_iter", "eval_history", "metrics", "loss_history",
+                           "window", "elapsed_s"]  # the keys last.pth has always had
+    assert saved["window"] == {"count": 2, "images": 0, "sums": {"total": 3.0}}
+    assert TrainState.from_checkpoint({**saved, "model": {}, "finished": False}) == state
+    older = {k: v for k, v in saved.items() if k != "loss_history"}  # written before the loss history was kept
+    assert TrainState.from_checkpoint(older).loss_history == [] and TrainState.from_checkpoint(older).global_iter == 6
