@@ -1,5 +1,6 @@
 """The layout shows the architecture: no import cycle, entrypoints that do not import each other, analysis
-without the training loop, and functions that fit on a screen. Read from the source with ``ast``."""
+without the training loop, no module taking another's private names; and the sizes of #21: functions that fit on
+a screen (60 lines), modules of at most 400 lines, at most 8 parameters. Read from the source with ``ast``."""
 import ast
 from pathlib import Path
 
@@ -9,7 +10,10 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("date", "analysis")
 ENTRYPOINTS = ("date.train", "date.evaluate", "date.predict", "date.export", "date.bench",
                "analysis.convergence", "analysis.duplicates")
-MAX_FUNCTION_LINES = 80
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 400
+MAX_PARAMETERS = 8  # of a function or constructor, self / cls aside
+MAX_TRAINER_PARAMETERS = 5  # Trainer.__init__: a run context, not every part of a run
 
 
 def _modules() -> dict[str, Path]:
@@ -107,6 +111,42 @@ def test_no_function_is_longer_than_a_screen():
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({length} lines)")
     assert not too_long, too_long
+
+
+def test_no_module_is_longer_than_a_room():
+    too_long = {str(path.relative_to(REPO)): n for path in MODULES.values()
+                if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not too_long, too_long
+
+
+def _parameters(node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+    a = node.args
+    names = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)] + [p.arg for p in (a.vararg, a.kwarg) if p]
+    return names[1:] if names[:1] in (["self"], ["cls"]) else names
+
+
+def test_no_function_takes_more_than_eight_parameters():
+    crowded = []
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and len(_parameters(node)) > MAX_PARAMETERS:
+                crowded.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} {_parameters(node)}")
+    assert not crowded, crowded
+
+
+def test_the_trainer_takes_a_run_context_not_every_part_of_a_run():
+    tree = ast.parse((REPO / "date" / "training" / "trainer.py").read_text())
+    trainer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
+    init = next(n for n in trainer.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    assert len(_parameters(init)) <= MAX_TRAINER_PARAMETERS, _parameters(init)
+
+
+def test_the_limits_see_a_violation():
+    """The checks above would fail on code that breaks them (they are not vacuous)."""
+    crowded = ast.parse("def f(self, a, b, c, d, e, f, g, h, i): pass").body[0]
+    assert _parameters(crowded) == list("abcdefghi") and len(_parameters(crowded)) > MAX_PARAMETERS
+    assert len(_parameters(ast.parse("def f(*args, **kw): pass").body[0])) == 2
+    assert any(p.name == "synthetic" for p in MODULES["date.data.synthetic"].parents) and len(MODULES) > 50
 
 
 def _private_imports(name: str, path: Path) -> list[str]:

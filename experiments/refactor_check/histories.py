@@ -4,7 +4,8 @@
     python experiments/refactor_check/histories.py compare <before dir> <after dir>
 
 ``compare``: every metric a run logged before must be identical, step for step and to the last bit, after
-(throughput, img/s, is left out); metrics only the later code logs are listed as new. Exit code 1 if any
+(what measures the machine rather than the method is left out: img/s, and MLflow's system/* samples of CPU,
+memory and disk); metrics only the later code logs are listed as new. Exit code 1 if any
 history differs.
 """
 import json
@@ -17,7 +18,7 @@ def dump(db: str) -> dict:
     names = dict(con.execute("select run_uuid, name from runs"))
     out: dict = {}
     for run, key, step, value in con.execute("select run_uuid, key, step, value from metrics order by run_uuid, key, step"):
-        if key != "train/img_per_s":
+        if key != "train/img_per_s" and not key.startswith("system/"):
             out.setdefault(names[run], {}).setdefault(key, []).append([step, value])
     return out
 
