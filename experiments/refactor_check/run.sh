@@ -4,7 +4,9 @@
 # every MLflow metric history dumped to <out>/metrics.json. Run it on the commit before and the one after,
 # then compare:  python experiments/refactor_check/histories.py compare <before out> <after out>
 #   experiments/refactor_check/run.sh <checkout, e.g. a git worktree at a fixed commit> <out dir>
-# Environment: PYTHON (python), DATE_DATA_CACHE (shared by both checkouts: the same generated data).
+# Environment: PYTHON (python), DATE_DATA_CACHE (shared by both checkouts: the same generated data), EXTRA (Hydra
+# overrides for every run, space-separated: to pin a default that changed on purpose between the two commits, e.g.
+# EXTRA=eval_subset=250 against a commit before eval_subset's default became 100).
 set -euo pipefail
 repo=$(cd "$1" && pwd); out=$(mkdir -p "$2" && cd "$2" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
@@ -14,7 +16,7 @@ cd "$repo"
 run() {
   local tag=$1; shift
   echo "== $tag"
-  "$PYTHON" -m date.train name="$tag" num_workers=0 "$@" > "$out/$tag.log" 2>&1 || { echo "FAILED $tag"; tail -20 "$out/$tag.log"; }
+  "$PYTHON" -m date.train name="$tag" num_workers=0 "$@" ${EXTRA:-} > "$out/$tag.log" 2>&1 || { echo "FAILED $tag"; tail -20 "$out/$tag.log"; }
 }
 short=(schedule.max_iters=48 schedule.epochs=2 "schedule.lr_steps=[1]" log_every=4)
 run main
