@@ -16,6 +16,7 @@ whose generation fields are date.data.synthetic.SyntheticParams) and ``branch_we
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -33,11 +34,20 @@ from date.data.transforms import Augmentation
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the config groups (python -m date.train's config_path)
 LOSS_TERMS = ("o2o/cls", "o2o/l1", "o2o/giou", "o2m/cls", "o2m/iou", "o2m/ctr")
-# The keys that do not change what is trained: left out of the run-dir name, so that `log_every=1` still finds the
-# same run dir. Their one list: conf/config.yaml, hydra.job.config.override_dirname.exclude_keys (Hydra reads it there).
-RUN_DIR_EXCLUDED_KEYS = tuple(OmegaConf.load(CONF_DIR / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
-# Keys that may differ when a run resumes: those, and how it runs (these three do name the run dir).
-RESUME_SAFE_KEYS = (*RUN_DIR_EXCLUDED_KEYS, "device", "amp", "channels_last")
+
+
+@functools.cache
+def run_dir_excluded_keys() -> tuple[str, ...]:
+    """The keys that do not change what is trained: left out of the run-dir name, so that `log_every=1` still finds
+    the same run dir. Their one list: conf/config.yaml, hydra.job.config.override_dirname.exclude_keys (Hydra reads
+    it there). Read on first use, not at import: a logged model's code (date/ alone) imports this module."""
+    return tuple(OmegaConf.load(CONF_DIR / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
+
+
+def resume_safe_keys() -> tuple[str, ...]:
+    """Keys that may differ when a run resumes: the run-dir-excluded ones, and how it runs (these three do name the
+    run dir)."""
+    return (*run_dir_excluded_keys(), "device", "amp", "channels_last")
 
 
 class ConfigError(ValueError):
@@ -370,10 +380,10 @@ def resolved_config(cfg: DictConfig) -> dict:
 
 def resume_mismatches(saved: dict, current: dict) -> list[str]:
     """Config keys whose values differ between a checkpoint's config and this run's (ignoring
-    RESUME_SAFE_KEYS), as "key: saved -> current" strings."""
-    old, new = flatten(saved), flatten(current)
+    resume_safe_keys()), as "key: saved -> current" strings."""
+    old, new, safe = flatten(saved), flatten(current), resume_safe_keys()
     return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k) and k not in RESUME_SAFE_KEYS]
+            if old.get(k) != new.get(k) and k not in safe]
 
 
 def flatten(container: Any, prefix: str = "") -> dict[str, Any]:

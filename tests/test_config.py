@@ -10,9 +10,10 @@ from omegaconf import OmegaConf
 
 from date.assign import POTO, FCOSAssigner, TopKAssigner
 from date.branch_weighting import BranchWeighting
-from date.config import (RESUME_SAFE_KEYS, RUN_DIR_EXCLUDED_KEYS, AssignerConfig, BackboneConfig, ConfigError,
+from date.config import (AssignerConfig, BackboneConfig, ConfigError,
                          CrowdEvalConfig, EvaluateConfig, ExportConfig, PredictConfig, ScheduleConfig, TrainConfig,
-                         compose_config, flatten, resolved_config, resume_mismatches, run_name, validate)
+                         compose_config, flatten, resolved_config, resume_mismatches, resume_safe_keys,
+                         run_dir_excluded_keys, run_name, validate)
 from date.data.build import DatasetConfig
 from date.modeling.build import build_criterion, build_detector
 
@@ -223,14 +224,14 @@ def test_run_dir_name_leaves_out_exactly_keys_that_may_change_on_resume():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", return_hydra_config=True)
     excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
-    assert excluded <= set(RESUME_SAFE_KEYS)
+    assert excluded <= set(resume_safe_keys())
     # one list: what Hydra leaves out of the run-dir name is what date.config read, plus how a run runs
-    assert tuple(cfg.hydra.job.config.override_dirname.exclude_keys) == RUN_DIR_EXCLUDED_KEYS
-    assert set(RESUME_SAFE_KEYS) - excluded == {"device", "amp", "channels_last"}
+    assert tuple(cfg.hydra.job.config.override_dirname.exclude_keys) == run_dir_excluded_keys()
+    assert set(resume_safe_keys()) - excluded == {"device", "amp", "channels_last"}
     assert "log_every" in excluded and "tracking.uri" in excluded and "seed" not in excluded
     # a resume may change every one of them (flatten: the dotted keys resume_mismatches compares), and no other key
     saved = flatten(resolved_config(_compose()))
-    assert resume_mismatches(saved, {**saved, **{key: "changed" for key in RESUME_SAFE_KEYS}}) == []
+    assert resume_mismatches(saved, {**saved, **{key: "changed" for key in resume_safe_keys()}}) == []
     assert resume_mismatches(saved, {**saved, "seed": 1}) == ["seed: 0 -> 1"]
     assert not cfg.hydra.job.chdir
 

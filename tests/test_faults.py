@@ -162,6 +162,44 @@ def test_a_second_process_on_a_busy_run_dir_fails_fast_naming_the_holder(tmp_pat
     assert ckpt.load(run_dir / ckpt.LAST)["finished"]
 
 
+# A holder that forks, as a training forks its DataLoader workers (they share its open files), then gets SIGKILLed.
+_FORKING_HOLDER = """import os, sys, time
+from pathlib import Path
+from date.runtime.run_dir_lock import run_dir_lock
+with run_dir_lock(Path(sys.argv[1])):
+    child = os.fork()
+    if child == 0:
+        time.sleep(600)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_lock_dies_with_its_holder_while_the_holders_forked_children_live(tmp_path, train_env):
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", _FORKING_HOLDER, str(run_dir)], env=train_env,
+                              stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(RunDirBusyError, match=f"pid {holder.pid} on "):
+            with run_dir_lock(run_dir):
+                pass
+        holder.kill()
+        holder.wait(timeout=30)
+        os.kill(child, 0)  # the child still lives (it would hold a flock: a resume right after the kill was refused)
+        with run_dir_lock(run_dir):  # the lock died with its holder
+            pass
+        assert f"pid {os.getpid()} on " in (run_dir / ".lock").read_text()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.mark.slow
 def test_sigterm_finishes_the_iteration_writes_last_pth_and_resumes_exactly(tmp_path, train_env, reference_run):
     run_dir = tmp_path / "stopped"

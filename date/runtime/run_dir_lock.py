@@ -1,13 +1,16 @@
 """One training process per run dir: an exclusive lock on ``<run dir>/.lock`` that dies with its holder.
 
 Two processes on one run dir would continue the same MLflow run and overwrite each other's checkpoints.
-The lock is ``flock``'ed, so the kernel releases it when its holder exits, however it exits (SIGKILL
-included): a stale lock file never blocks a resume. The file names its holder, for the message.
+The lock is a POSIX record lock (``lockf``), so the kernel releases it when its holder exits, however it exits
+(SIGKILL included): a stale lock file never blocks a resume. Not ``flock``: a flock belongs to the open file, which
+the DataLoader's forked workers share, so after a SIGKILL it lived on in them for seconds and refused the resume;
+a record lock belongs to the process alone. The file names its holder, for the message.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import os
 import socket
@@ -29,8 +32,10 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EACCES, errno.EAGAIN):  # not "held by another process"
+                raise
             holder = path.read_text(errors="replace").strip() or "a process that has not written its name yet"
             raise RunDirBusyError(
                 f"The run dir {run_dir} is in use by another training process ({holder}): two processes would "
