@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N1=16  # pre-registered: pairs at 1x (experiments/results/claim_study/pilot_1x/seed_counts_1x.md)
-N3=__N3__  # pre-registered: pairs at 3x
+N3=5  # pre-registered: pairs at 3x (experiments/results/claim_study/pilot_3x/seed_counts_3x.md)
 PYTHON=${PYTHON:-python}
 STUDY_DIR=${STUDY_DIR:-multirun/claim_study}
 OUT=${OUT:-experiments/results/claim_study}
