@@ -24,7 +24,7 @@ PYTHON=${PYTHON:-python}
 STUDY_DIR=${STUDY_DIR:-multirun/claim_study}
 OUT=${OUT:-experiments/results/claim_study}
 ARCHIVE=${ARCHIVE:-$OUT/runs}
-LANES=${LANES:-1x 3x}  # the lanes to run (both by default)
+LANES=${LANES-1x 3x}  # the lanes to run (both when unset; LANES= runs only the analysis of the archive)
 mkdir -p "$STUDY_DIR"
 STUDY_DIR=$(cd "$STUDY_DIR" && pwd)
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$STUDY_DIR/mlflow.db}

@@ -27,13 +27,17 @@ def _array_id(sweep_dir: Path) -> str:
 
 
 def _sacct(job_id: str, *, want: int, allocations_only: bool = True) -> list[list[str]]:
-    """sacct rows (JobID, Partition, State) of ``job_id``; waits until ``want`` rows are final."""
+    """sacct rows (JobID, Partition, State) of ``job_id``; waits until ``want`` jobs are listed and the latest
+    record of every job and step is final (the job can still be finishing its batch step when the launcher,
+    which watches submitit's result file, returns)."""
     args = ["sacct", "-n", "-P", "-j", job_id, "-o", "JobID,Partition,State"] + (["-X"] if allocations_only else ["-D"])
     rows = []
-    for _ in range(30):
+    for _ in range(60):
         out = subprocess.run(args, capture_output=True, text=True, timeout=30).stdout
         rows = [line.split("|") for line in out.splitlines() if line.strip()]
-        if len(rows) >= want and not any(r[2] in ("PENDING", "RUNNING", "REQUEUED") for r in rows[-want:]):
+        latest = {r[0]: r[2] for r in rows}  # -D lists a requeued job's earlier records first
+        jobs = {name for name in latest if "." not in name}
+        if len(jobs) >= want and not any(s in ("PENDING", "RUNNING", "REQUEUED") for s in latest.values()):
             break
         time.sleep(1)
     print(f"$ {' '.join(args)}\n" + "\n".join(" ".join(r) for r in rows))

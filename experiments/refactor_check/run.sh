@@ -16,7 +16,11 @@ cd "$repo"
 run() {
   local tag=$1; shift
   echo "== $tag"
-  "$PYTHON" -m date.train name="$tag" num_workers=0 "$@" ${EXTRA:-} > "$out/$tag.log" 2>&1 || { echo "FAILED $tag"; tail -20 "$out/$tag.log"; }
+  # run dirs under <out>, never the checkout's outputs/: a finished run left there by an earlier check would be
+  # skipped ("nothing to train") and its metrics would be missing from this check's store
+  if [ -e "$out/runs/$tag" ]; then echo "$out/runs/$tag exists: give refactor_check a fresh <out dir>" >&2; exit 1; fi
+  "$PYTHON" -m date.train name="$tag" num_workers=0 "$@" ${EXTRA:-} "hydra.run.dir=$out/runs/$tag" > "$out/$tag.log" 2>&1 \
+    || { echo "FAILED $tag"; tail -20 "$out/$tag.log"; }
 }
 short=(schedule.max_iters=48 schedule.epochs=2 "schedule.lr_steps=[1]" log_every=4)
 run main
