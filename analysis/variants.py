@@ -39,7 +39,7 @@ METHOD_PREFIXES = ("params.branch_weighting.",)  # the branch weights: a one-bra
 # Params that configure only the one-to-many branch (--group-param model.share_towers, ...): the o2o-only
 # baseline has no such branch, so they are not part of the setting it must share either.
 O2M_ONLY_PARAMS = tuple(f"params.{k}" for k in (
-    "model.share_towers", "model.o2m_box_coding", "model.o2m_box_loss", "model.o2m_detach", "model.nms_thresh",
+    "model.share_towers", "model.share_scales", "model.o2m_box_coding", "model.o2m_box_loss", "model.o2m_detach", "model.nms_thresh",
     "model.loss_weights.o2m/cls", "model.loss_weights.o2m/iou", "model.loss_weights.o2m/ctr", "assigner.o2m",
     "assigner.fcos_center_sampling", "assigner.topk", "assigner.topk_alpha", "assigner.topk_beta"))
 _3DMF = "params.model.use_3dmf"

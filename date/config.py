@@ -149,7 +149,8 @@ def _loss_weights_ok(weights: Any) -> bool:
 class ModelConfig:
     num_convs: int = at_least(4, 0)  # conv-GN-ReLU blocks in each of the two shared head towers
     use_3dmf: bool = False  # true: DeFCN's 3D max filtering on the o2o scores (DATE-F-3DMF)
-    share_towers: bool = True  # both branches on the same towers and Scales (the paper; share_stacked_convs)
+    share_towers: bool = True  # both branches on the same towers (the paper; the official share_stacked_convs)
+    share_scales: bool = True  # both branches on the same per-level Scales (the paper; kept by share_towers=false)
     o2m_box_coding: BoxCoding = BoxCoding.exp  # o2m ltrb: exp (the paper) | linear (torchvision)
     o2m_box_loss: O2MBoxLoss = O2MBoxLoss.log_iou  # o2m box term: log_iou (the paper) | giou (torchvision)
     o2m_detach: bool = False  # diagnostic: the o2m loss trains only the o2m predictors (no shared gradient)

@@ -25,19 +25,45 @@ def _grads(model, loss):
     return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
-def test_unshared_towers_give_the_o2m_branch_its_own_towers_and_scales():
+def _params(model, prefix):
+    return {n for n, _ in model.named_parameters() if n.startswith(prefix)}
+
+
+@pytest.mark.parametrize("towers,scales", [(False, True), (True, False), (False, False)])
+def test_sharing_switches_separate_exactly_what_they_name(towers, scales):
+    """share_towers=false: the o2m branch gets its own towers and keeps the shared Scales (the official
+    share_stacked_convs=False); share_scales=false: its own Scales, on the shared towers unless unshared too."""
     shared, _ = _build(["assigner=dual"])
-    assert shared.head.o2m_towers is None
-    model, criterion = _build(["assigner=dual", "model.share_towers=false"])
+    assert shared.head.o2m_towers is None and shared.head.o2m_scales is None
+    model, criterion = _build(["assigner=dual", f"model.share_towers={towers}", f"model.share_scales={scales}"])
+    head = model.head
+    assert (head.o2m_towers is None) == towers and (head.o2m_scales is None) == scales
+    # the o2m-only parameters are exactly those the switches name
+    own = _params(model, "head.o2m_towers.") | _params(model, "head.o2m_scales.")
+    expected = set() if towers else {f"head.o2m_towers.{n}" for n, _ in head.cls_tower.named_parameters(prefix="cls_tower")}
+    expected |= set() if towers else {f"head.o2m_towers.{n}" for n, _ in head.reg_tower.named_parameters(prefix="reg_tower")}
+    expected |= set() if scales else {f"head.o2m_scales.{i}.scale" for i in range(len(head.scales))}
+    assert own == expected
+
     losses = criterion(*model(*two_images()[:1]), two_images()[1], 0.0).terms
     from_o2o = _grads(model, sum(v for k, v in losses.items() if k.startswith("o2o/")))
     from_o2m = _grads(model, sum(v for k, v in losses.items() if k.startswith("o2m/")))
-    assert any(n.startswith("head.cls_tower.") for n in from_o2o)
-    assert not any(n.startswith("head.o2m_towers.") for n in from_o2o)
-    assert any(n.startswith("head.o2m_towers.cls_tower.") for n in from_o2m)
-    assert any(n.startswith("head.o2m_towers.scales.") for n in from_o2m)
-    assert not any(n.startswith(("head.cls_tower.", "head.reg_tower.", "head.scales.")) for n in from_o2m)
+    assert not any(n.startswith(("head.o2m_towers.", "head.o2m_scales.")) for n in from_o2o)
+    tower_names = ("head.cls_tower.", "head.reg_tower.")
+    assert any(n.startswith(tower_names) for n in from_o2o)
+    assert any(n.startswith(tower_names) for n in from_o2m) == towers  # shared towers get both branches' gradient
+    assert any(n.startswith("head.scales.") for n in from_o2m) == scales
+    assert any(n.startswith("head.o2m_towers.cls_tower.") for n in from_o2m) != towers
+    assert any(n.startswith("head.o2m_scales.") for n in from_o2m) != scales
     assert "backbone.body.conv1.weight" in from_o2o & from_o2m  # the backbone and FPN stay shared
+
+
+@pytest.mark.parametrize("mode", ["o2m", "o2o"])
+def test_sharing_switches_leave_a_one_branch_detector_as_it_is(mode):
+    base, _ = _build([f"assigner={mode}"])
+    model, _ = _build([f"assigner={mode}", "model.share_towers=false", "model.share_scales=false"])
+    assert model.head.o2m_towers is None and model.head.o2m_scales is None
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in base.named_parameters()]
 
 
 @pytest.mark.parametrize("coding", ["exp", "linear"])

@@ -25,7 +25,8 @@ def build_detector(cfg, *, num_classes: int) -> DATEDetector:
     body = build_resnet_fpn(depth=cfg.backbone.depth, weights=str(cfg.backbone.weights),
                             fpn_channels=cfg.backbone.fpn_channels)
     options = HeadOptions(num_convs=m.num_convs, use_3dmf=m.use_3dmf, prior_prob=m.prior_prob,
-                          share_towers=m.share_towers, o2m_box_coding=str(m.o2m_box_coding), o2m_detach=m.o2m_detach)
+                          share_towers=m.share_towers, share_scales=m.share_scales,
+                          o2m_box_coding=str(m.o2m_box_coding), o2m_detach=m.o2m_detach)
     head = DATEHead(channels=cfg.backbone.fpn_channels, num_classes=num_classes, strides=STRIDES,
                     branches=BRANCHES[mode], options=options)
     decoding = Decoding(score_thresh=m.score_thresh, topk_candidates=m.topk_candidates,

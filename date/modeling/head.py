@@ -73,9 +73,11 @@ class HeadOptions:
     num_convs: int  # convs per tower (GN(32) + ReLU after each)
     use_3dmf: bool  # multiply the o2o score by a 3D-max-filter on the reg tower (DATE-F-3DMF)
     prior_prob: float  # initial foreground probability of the classifiers
-    # both branches on the same towers and Scales (the official ``share_stacked_convs``); False gives the o2m
-    # branch its own (``o2m_towers``)
+    # both branches on the same towers (the official ``share_stacked_convs``); False gives the o2m branch its own
+    # (``o2m_towers``), the Scales still shared as in the official code
     share_towers: bool
+    # both branches on the same per-level Scales; False gives the o2m branch its own (``o2m_scales``)
+    share_scales: bool
     # "exp" (ltrb = exp(scale * x) pixels, the paper's FCOS) or "linear" (relu(scale * x) * stride,
     # torchvision's FCOS and the o2o branch)
     o2m_box_coding: str
@@ -111,11 +113,12 @@ class DATEHead(nn.Module):
         self.cls_tower = _tower(channels, num_convs)
         self.reg_tower = _tower(channels, num_convs)
         self.scales = nn.ModuleList(Scale(1.0) for _ in strides)
+        both = len(self.branches) > 1  # a single-branch detector has nothing to share
         self.o2m_towers = None
-        if not options.share_towers and len(self.branches) > 1:
+        if both and not options.share_towers:
             self.o2m_towers = nn.ModuleDict({"cls_tower": _tower(channels, num_convs),
-                                             "reg_tower": _tower(channels, num_convs),
-                                             "scales": nn.ModuleList(Scale(1.0) for _ in strides)})
+                                             "reg_tower": _tower(channels, num_convs)})
+        self.o2m_scales = nn.ModuleList(Scale(1.0) for _ in strides) if both and not options.share_scales else None
 
         def conv(out_channels):
             return nn.Conv2d(channels, out_channels, 3, padding=1)
@@ -154,7 +157,7 @@ class DATEHead(nn.Module):
                  and with 3DMF "filter" [B, N] logits;
             o2m: "cls" [B, N, C], "ltrb" [B, N, 4] pixels (see o2m_box_coding), "ctr" [B, N] logits.
         """
-        towers: dict[str, tuple] = {}  # tower set -> (cls features, reg features, per-level scales)
+        towers: dict[str, tuple] = {}  # tower set -> (cls features, reg features)
         out = {}
         for name in branches:
             cls_feats, reg_feats, scales = self._towers(features, name, towers)
@@ -175,15 +178,15 @@ class DATEHead(nn.Module):
 
     def _towers(self, features: list[Tensor], branch: str, done: dict) -> tuple[list, list, list]:
         """The tower features and Scales ``branch`` predicts from, each tower set run once per forward."""
-        unshared = branch == "o2m" and self.o2m_towers is not None
-        key = "o2m" if unshared else "shared"
+        own_towers = branch == "o2m" and self.o2m_towers is not None
+        key = "o2m" if own_towers else "shared"
         if key not in done:
-            cls_tower, reg_tower, scales = ((self.o2m_towers["cls_tower"], self.o2m_towers["reg_tower"],
-                                             self.o2m_towers["scales"]) if unshared
-                                            else (self.cls_tower, self.reg_tower, self.scales))
-            done[key] = ([cls_tower(x) for x in features], [reg_tower(x) for x in features],
-                         [scale.scale for scale in scales])
-        cls_feats, reg_feats, scales = done[key]
+            cls_tower, reg_tower = ((self.o2m_towers["cls_tower"], self.o2m_towers["reg_tower"]) if own_towers
+                                    else (self.cls_tower, self.reg_tower))
+            done[key] = ([cls_tower(x) for x in features], [reg_tower(x) for x in features])
+        cls_feats, reg_feats = done[key]
+        own_scales = branch == "o2m" and self.o2m_scales is not None
+        scales = [scale.scale for scale in (self.o2m_scales if own_scales else self.scales)]
         if branch == "o2m" and self.o2m_detach:
             return [x.detach() for x in cls_feats], [x.detach() for x in reg_feats], [s.detach() for s in scales]
         return cls_feats, reg_feats, scales
