@@ -37,6 +37,9 @@ class Losses(NamedTuple):
     terms: dict[str, Tensor]  # unweighted scalar terms "o2o/cls", "o2o/l1", ..., o2o first
     weights: dict[str, float]  # the weight of each term in ``total``: branch weight x term weight
     branch_weights: dict[str, float]  # {"o2m": w, "o2o": w} at this point of training
+    # {"o2o": [L], "o2m": [L]} int64: the positive locations of the batch per FPN level, P3 first (a diagnostic:
+    # where each branch is supervised; POTO's matches may land on levels the FCOS ranges give no positive)
+    positives_per_level: dict[str, Tensor]
 
 
 class DATECriterion:
@@ -72,21 +75,24 @@ class DATECriterion:
         gt = pad_targets(targets, device)
         crowd = crowd_locations(loc.points, targets, device)  # [B, N] bool or None
         terms: dict[str, Tensor] = {}
+        positives: dict[str, Tensor] = {}
         if "o2o" in self.assigners:
-            terms.update(self.o2o_losses(outputs["o2o"], loc, gt, crowd))
+            terms.update(self.o2o_losses(outputs["o2o"], loc, gt, crowd, positives))
         if "o2m" in self.assigners:
-            terms.update(self.o2m_losses(outputs["o2m"], loc, gt, crowd))
+            terms.update(self.o2m_losses(outputs["o2m"], loc, gt, crowd, positives))
         branch_weights = self.branch_weighting(progress)
         weights = {key: branch_weights[key.split("/")[0]] * self.term_weights[key] for key in terms}
         total = sum(weights[key] * value for key, value in terms.items())
-        return Losses(total, terms, weights, dict(branch_weights))
+        return Losses(total, terms, weights, dict(branch_weights), positives)
 
-    def o2o_losses(self, out: dict[str, Tensor], loc: Locations, gt: GroundTruth, crowd: Tensor | None) -> dict:
+    def o2o_losses(self, out: dict[str, Tensor], loc: Locations, gt: GroundTruth, crowd: Tensor | None,
+                   positives: dict[str, Tensor]) -> dict:
         logits = o2o_logits(out).float()  # [B, N, C]
         boxes = distances_to_boxes(loc.points, out["ltrb"].float())  # [B, N, 4]
         matched = self.assigners["o2o"](logits.detach(), boxes.detach(), loc, gt)  # [B, M]
         b, g = (matched >= 0).nonzero(as_tuple=True)  # [P], [P]
         pos_loc = matched[b, g]
+        positives["o2o"] = positives_per_level(pos_loc, loc.level_sizes)
         num_pos = _average_across_processes(torch.tensor(float(len(b)), device=logits.device)).clamp(min=1.0)
         cls = classification_loss(logits, (b, pos_loc), gt.labels[b, g], num_pos, _negatives_in_crowd(crowd, b, pos_loc))
         if len(b) == 0:
@@ -95,12 +101,14 @@ class DATECriterion:
         box = o2o_box_losses(boxes[b, pos_loc], gt.boxes[b, g], gt.image_wh[b], num_pos)
         return {"o2o/cls": cls, "o2o/l1": box["l1"], "o2o/giou": box["giou"]}
 
-    def o2m_losses(self, out: dict[str, Tensor], loc: Locations, gt: GroundTruth, crowd: Tensor | None) -> dict:
+    def o2m_losses(self, out: dict[str, Tensor], loc: Locations, gt: GroundTruth, crowd: Tensor | None,
+                   positives: dict[str, Tensor]) -> dict:
         logits = out["cls"].float()  # [B, N, C]
         boxes = distances_to_boxes(loc.points, out["ltrb"].float())  # [B, N, 4]
         matched = self.assigners["o2m"](logits.detach(), boxes.detach(), loc, gt)  # [B, N]
         b, pos_loc = (matched >= 0).nonzero(as_tuple=True)  # [P], [P]
         g = matched[b, pos_loc]
+        positives["o2m"] = positives_per_level(pos_loc, loc.level_sizes)
         gt_boxes = gt.boxes[b, g]  # [P, 4]
         points = loc.points[pos_loc]
         ctr_targets = centerness_targets(torch.cat([points - gt_boxes[:, :2], gt_boxes[:, 2:] - points], dim=1))
@@ -113,6 +121,13 @@ class DATECriterion:
         box = o2m_box_losses(boxes[b, pos_loc], gt_boxes, out["ctr"][b, pos_loc], ctr_targets, num_pos, ctr_sum,
                              box_loss=self.o2m_box_loss)
         return {"o2m/cls": cls, "o2m/iou": box["iou"], "o2m/ctr": box["ctr"]}
+
+
+def positives_per_level(pos_loc: Tensor, level_sizes: list[int]) -> Tensor:
+    """[L] int64: how many of the positive locations ``pos_loc`` [P] (indices into the N locations, level-major)
+    lie on each level."""
+    ends = torch.tensor(level_sizes, device=pos_loc.device).cumsum(0)  # [L] first index past each level
+    return torch.bincount(torch.bucketize(pos_loc, ends, right=True), minlength=len(level_sizes))
 
 
 def pad_targets(targets: list[dict], device: torch.device) -> GroundTruth:

@@ -5,6 +5,7 @@ import torch
 
 from conftest import two_images
 from date.config import compose_config
+from date.criterion import positives_per_level
 from date.modeling.build import build_criterion, build_detector
 
 @pytest.mark.parametrize("progress", [0.0, 0.5, 0.9])
@@ -33,3 +34,29 @@ def test_a_baseline_has_only_its_own_branch():
         model, criterion = build_detector(cfg, num_classes=3), build_criterion(cfg)
         losses = criterion(*model(two_images()[0]), two_images()[1], 0.3)
         assert set(losses.terms) == set(losses.weights) == terms
+
+
+def test_positives_per_level_against_a_brute_force_count():
+    sizes = [64, 16, 4, 1, 1]
+    pos_loc = torch.tensor([0, 63, 64, 79, 80, 83, 84, 85, 85, 3])
+    expected = [0] * len(sizes)
+    for index in pos_loc.tolist():
+        start = 0
+        for level, size in enumerate(sizes):
+            if start <= index < start + size:
+                expected[level] += 1
+            start += size
+    assert positives_per_level(pos_loc, sizes).tolist() == expected == [3, 2, 2, 1, 2]
+    assert positives_per_level(torch.zeros(0, dtype=torch.long), sizes).tolist() == [0] * 5
+
+
+def test_losses_report_each_branchs_positives_per_level():
+    images, targets = two_images()
+    cfg = compose_config(["assigner=dual", "backbone.fpn_channels=64", "model.num_convs=1"])
+    torch.manual_seed(0)
+    model, criterion = build_detector(cfg, num_classes=3), build_criterion(cfg)
+    losses = criterion(*model(images), targets, 0.0)
+    assert set(losses.positives_per_level) == {"o2o", "o2m"}
+    objects = sum(len(t["labels"]) for t in targets)
+    assert int(losses.positives_per_level["o2o"].sum()) == objects  # one match per object
+    assert int(losses.positives_per_level["o2m"].sum()) >= objects

@@ -18,6 +18,7 @@ from date.data.synthetic import SyntheticParams
 from date.runtime import tracking
 from date.runtime.run_tracker import RunTracker
 from date.runtime.tracking import TrackingError
+from date.training.hooks.level_diagnostics import LEVELS
 
 
 def _steps(uri, run_id, key):
@@ -269,8 +270,11 @@ def test_server_outage_during_a_training_run_loses_and_duplicates_no_step(restar
     client = MlflowClient(mlflow_server.url)
     run = client.get_run((run_dir / tracking.RUN_ID_FILE).read_text().strip())
     assert run.info.status == "FINISHED"
-    keys = [k for k in run.data.metrics if k.startswith(("train/", "val/"))]
+    keys = [k for k in run.data.metrics if k.startswith(("train/", "val/", "diag/"))]
     assert "train/loss" in keys and "val/AP" in keys
+    # the per-level diagnostics of both branches, once per epoch (hooks/level_diagnostics.py)
+    assert {f"diag/{d}/{p}" for d in ("o2m_positives_per_image", "o2o_match_share") for p in LEVELS} <= set(keys)
+    assert sum(run.data.metrics[f"diag/o2o_match_share/{p}"] for p in LEVELS) == pytest.approx(1.0)
     for key in keys:
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
         assert steps == (train_steps if key.startswith("train/") else val_steps), key

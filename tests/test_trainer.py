@@ -156,6 +156,20 @@ def test_dual_evaluates_its_o2m_branch_as_a_diagnostic(setup, plain_run, tmp_pat
     assert alone["val/AP"] == both["val/AP"] and alone["train/loss"] == both["train/loss"]  # a diagnostic only
 
 
+def test_level_diagnostics_count_every_image_and_every_object_once_per_epoch(setup, plain_run):
+    """level_diagnostics.json: per epoch the 8 training images; POTO matches each object of them exactly once
+    (the objects counted from the annotation file); the FCOS branch has positives, on P3-P7 counts of 5."""
+    _, run_dir = plain_run
+    history = json.loads((run_dir / "level_diagnostics.json").read_text())
+    train_set = setup[1]
+    objects = sum(1 for a in train_set.coco.dataset["annotations"] if not a.get("iscrowd", 0))
+    assert [h["epoch"] for h in history] == [1, 2] and [h["images"] for h in history] == [8, 8]
+    for h in history:
+        assert len(h["o2o"]) == len(h["o2m"]) == 5
+        assert sum(h["o2o"]) == objects
+        assert sum(h["o2m"]) > 0
+
+
 @pytest.mark.slow
 def test_eval_subset_scores_the_first_images_before_the_last_evaluation(setup, plain_run, tmp_path, one_thread):
     """eval_subset=2 of 4 val images: epoch 1 is scored on images 1-2, the last evaluation on all 4; training and
@@ -211,8 +225,10 @@ def test_state_is_written_under_last_pths_keys_and_reads_older_checkpoints():
     state.window.count, state.window.sums = 2, {"total": 3.0}
     saved = state.as_checkpoint()
     assert list(saved) == ["epoch", "iter_in_epoch", "global_iter", "eval_history", "metrics", "loss_history",
-                           "window", "elapsed_s"]  # the keys last.pth has always had
+                           "window", "elapsed_s", "level_counts", "level_history"]  # last.pth's keys, new ones last
     assert saved["window"] == {"count": 2, "images": 0, "sums": {"total": 3.0}}
     assert TrainState.from_checkpoint({**saved, "model": {}, "finished": False}) == state
     older = {k: v for k, v in saved.items() if k != "loss_history"}  # written before the loss history was kept
     assert TrainState.from_checkpoint(older).loss_history == [] and TrainState.from_checkpoint(older).global_iter == 6
+    before_levels = {k: v for k, v in saved.items() if not k.startswith("level_")}  # before the level diagnostics
+    assert TrainState.from_checkpoint(before_levels).level_history == []

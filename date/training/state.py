@@ -1,7 +1,8 @@
 """What the loop carries from step to step: the training state last.pth holds, and what one step hands its hooks.
 
 :class:`TrainState` is written into last.pth under the keys it always had (``epoch``, ``iter_in_epoch``,
-``global_iter``, ``eval_history``, ``metrics``, ``loss_history``, ``window``, ``elapsed_s``: plain numbers,
+``global_iter``, ``eval_history``, ``metrics``, ``loss_history``, ``window``, ``elapsed_s``, ``level_counts``,
+``level_history``: plain numbers,
 strings, lists and dicts, so the file loads with ``weights_only=True``), and read back from any last.pth,
 older ones included.
 """
@@ -44,6 +45,10 @@ class TrainState:
     loss_history: list[list[float]] = field(default_factory=list)  # [[iteration, train/loss]] per log line
     window: LogWindow = field(default_factory=LogWindow)
     elapsed_s: float = 0.0  # wall time of this run's processes up to the last save (resumes add up)
+    # positives per FPN level this epoch so far ({"images": n, "o2o": [5], "o2m": [5]}) and per finished epoch
+    # (hooks/level_diagnostics.py)
+    level_counts: dict[str, Any] = field(default_factory=dict)
+    level_history: list[dict[str, Any]] = field(default_factory=list)
 
     def as_checkpoint(self) -> dict[str, Any]:
         """The state as last.pth's plain keys."""

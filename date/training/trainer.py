@@ -40,6 +40,7 @@ from date.training.hooks.base import Hook
 from date.training.hooks.checkpoints import Checkpoints
 from date.training.hooks.evaluation import Evaluation
 from date.training.hooks.final_model import FinalModel
+from date.training.hooks.level_diagnostics import LevelDiagnostics
 from date.training.hooks.metrics_flush import MetricsFlush
 from date.training.hooks.progress_bar import ProgressBar
 from date.training.hooks.replicas import ReplicaCheck
@@ -118,7 +119,7 @@ class Trainer:
         holds it; after an epoch the weights are checked, then evaluated, then a stop signal or the epoch's
         checkpoint saves them; after training model_final.pth and the last metrics come before last.pth."""
         cfg = self.cfg
-        return [WeightCheck(), TrainLog(cfg.log_every), ProgressBar(cfg.log_every),
+        return [WeightCheck(), TrainLog(cfg.log_every), ProgressBar(cfg.log_every), LevelDiagnostics(),
                 Evaluation(val_set, every=cfg.eval_every, subset=cfg.eval_subset, o2m_branch=cfg.eval_o2m_branch),
                 StopSignal(self.run.preemption), FinalModel(), MetricsFlush(),
                 Checkpoints(cfg.checkpoint_every_iters), ReplicaCheck()]

@@ -7,6 +7,7 @@
   checkpoints.py   last.pth: every checkpoint_every_iters iterations, at epoch ends, finished at the end
   stop_signal.py   a stop signal (preemption, SIGTERM, Ctrl-C): save at the iteration boundary, hand over
   weight_check.py  no overflowed weight is evaluated or saved
+  level_diagnostics.py  positives per FPN level of each branch, per epoch (diag/*)
   final_model.py   model_final.pth and the convergence figure
   metrics_flush.py the last metrics sent to MLflow before the run ends
   replicas.py      DDP replicas compared at the end
