@@ -14,6 +14,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from date.data.crowdhuman import CrowdHumanDetection
 from date.inference import Detections, rescale, run_branches
 
 log = logging.getLogger(__name__)
@@ -145,3 +146,18 @@ def score(coco_gt: COCO, results: list[dict], image_ids: Sequence[int], *, label
     log.info("COCO bbox evaluation%s on %d images, %d detections:\n%s", f" of {label}" if label else "",
              len(set(image_ids)), len(results), table.rstrip())
     return stats
+
+
+def crowd_score(dataset: CrowdHumanDetection, results: list[dict], image_ids: Sequence[int], *,
+                label: str = "") -> dict[str, float]:
+    """CrowdHuman's AP, MR^-2, JI and recall (CrowdHumanDetection.crowd_scores) beside COCO's, logged; {} with a
+    warning when the evaluated images hold no person (an eval_subset of images with ignore regions only)."""
+    try:
+        crowd = dataset.crowd_scores(results, image_ids)
+    except ValueError as error:
+        log.warning("No CrowdHuman metrics %s: %s", label, error)
+        return {}
+    log.info("CrowdHuman metrics %s: AP %.4f  MR^-2 %.4f  JI %.4f  recall %.4f", label, crowd["AP"], crowd["mMR"],
+             crowd["JI"], crowd["recall"])
+    return crowd
+

@@ -17,10 +17,11 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from date.coco_eval import evaluate, inference_label
+from date.coco_eval import crowd_score, evaluate, inference_label
 from date import cli
 from date.config import ConfigError, EvaluateConfig, amp_setting, check_ranges
 from date.data.build import DatasetConfig, build_val_dataset
+from date.data.crowdhuman import CrowdHumanDetection
 from date.data.loader import build_eval_loader
 from date.errors import INPUT_ERRORS
 from date.modeling.build import checkpoint_config, detector_from_checkpoint
@@ -60,11 +61,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     val_set = build_val_dataset(dataset_cfg)
     model = detector_from_checkpoint(saved, num_classes=val_set.num_classes)
     model.to(device)
-    stats, _ = evaluate(model=model, loader=build_eval_loader(val_set, batch_size=cfg.batch_size,
+    stats, results = evaluate(model=model, loader=build_eval_loader(val_set, batch_size=cfg.batch_size,
                                                               num_workers=cfg.num_workers),
                         coco_gt=val_set.coco, label_to_category_id=val_set.label_to_category_id, device=device,
                         amp_dtype=autocast_dtype(amp_setting(cfg.amp), device),
                         label=inference_label(model.inference_branch))
+    if isinstance(val_set, CrowdHumanDetection):  # CrowdHuman's own metrics beside COCO's
+        crowd = crowd_score(val_set, results, val_set.ids, label="of the checkpoint")
+        stats.update({f"crowd/{k}": v for k, v in crowd.items()})
     print("  ".join(f"{k} {v:.4f}" for k, v in stats.items()))
     if out is not None:
         ckpt.write_atomic(out, json.dumps(stats, indent=1))

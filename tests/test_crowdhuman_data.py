@@ -86,6 +86,22 @@ def test_crowd_gt_feeds_the_crowdhuman_metrics(tmp_path):
     assert m["JI"] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_crowd_scores_of_coco_results_are_the_metrics_of_the_same_boxes(tmp_path):
+    """COCO result records ([x, y, w, h], as training and date.evaluate write them) -> the same numbers as
+    crowd_metrics on those boxes; an evaluated image without any detection still counts."""
+    val = _split(write_crowdhuman(tmp_path))
+    records = [{"image_id": image_id, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+               for image_id, scores in ((1, [0.9, 0.8]), (2, [0.7]))
+               for (x1, y1, x2, y2), score in zip(val.crowd_gt[image_id - 1].boxes.tolist(), scores)]
+    m = val.crowd_scores(records, [1, 2])
+    assert m["AP"] == pytest.approx(2 / 3) and m["recall"] == 1.0 and m["mMR"] == 0.0  # as the test above
+    no_second = val.crowd_scores(records[:2], [1, 2])  # image 2 evaluated, nothing found on it
+    assert no_second["recall"] == pytest.approx(2 / 3)
+    assert no_second == crowd_metrics(val.crowd_gt, [ImageDT(val.crowd_gt[0].boxes, np.array([0.9, 0.8])),
+                                                     ImageDT(np.zeros((0, 4)), np.zeros(0))])
+    assert val.crowd_scores(records[:2], [1])["recall"] == 1.0  # only image 1 evaluated (eval_subset)
+
+
 def test_image_sizes_read_once_then_cached_by_the_annotation_hash(tmp_path, capsys):
     root = write_crowdhuman(tmp_path)
     ann = root / "annotation_val.odgt"

@@ -2,6 +2,7 @@
 transforms, loader, COCO evaluation), and bad odgt input stops it before the model with one ``Error:`` paragraph."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -29,6 +30,21 @@ def test_a_tiny_crowdhuman_dataset_trains(tmp_path, train_env):
     assert "Datasets: 2 train / 2 val images, 1 classes" in output
     assert re.search(r"Evaluation after epoch 2 \(2 val images\): AP \d\.\d{4}", output)
     assert (root / "annotation_train.odgt.sizes.json").is_file()  # the header sizes, cached for the next run
+    # CrowdHuman's metrics beside COCO's at every evaluation, in the run dir (and MLflow: the same val/* dict)
+    assert re.search(r"CrowdHuman metrics after epoch 2: AP \d\.\d{4}  MR\^-2 \d\.\d{4}  JI \d\.\d{4}  recall "
+                     r"\d\.\d{4}", output)
+    (run_dir,) = {p.parent for p in tmp_path.glob("outputs/**/eval_results.json")}
+    history = json.loads((run_dir / "eval_results.json").read_text())
+    crowd = ["val/crowd/AP", "val/crowd/mMR", "val/crowd/JI", "val/crowd/recall"]
+    assert [h["epoch"] for h in history] == [1, 2] and all(set(crowd) <= set(h) for h in history)
+    assert all(0.0 <= history[-1][k] <= 1.0 for k in crowd)
+    # date.evaluate on the checkpoint: the same detections, so the same CrowdHuman numbers as the last evaluation
+    evaluated = run_in_process("date.evaluate", [f"checkpoint={run_dir / 'model_final.pth'}", "num_workers=0"],
+                               env=train_env, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    for key in crowd:
+        shown = re.search(rf"{key.removeprefix('val/')} (\d\.\d{{4}})", evaluated.stdout)
+        assert shown and float(shown.group(1)) == pytest.approx(history[-1][key], abs=1e-4), (key, evaluated.stdout)
 
 
 def test_bad_odgt_input_stops_before_the_model_with_one_message(tmp_path, train_env):

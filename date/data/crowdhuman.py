@@ -14,8 +14,11 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
+
+from date.crowd_metrics import ImageDT, crowd_metrics
 
 from .coco import CocoDetection
 from .odgt import GtRecord, ground_truth, image_sizes, read_ground_truth
@@ -61,3 +64,17 @@ class CrowdHumanDetection(CocoDetection):
                          require_annotations=require_annotations, data=odgt_to_coco(records, sizes))
         self.crowdhuman_ids = [record.id for record in records]
         self.crowd_gt = ground_truth(records, sizes)
+
+    def crowd_scores(self, results: Sequence[dict], image_ids: Sequence[int]) -> dict[str, float]:
+        """CrowdHuman's AP, MR^-2, JI and recall (fractions; date.crowd_metrics) of COCO result records
+        (``image_id``, ``bbox`` [x, y, w, h], ``score``; the order of predict_coco) on the images ``image_ids``
+        (every one counts, with or without detections), against the odgt ground truth as written."""
+        ids = sorted(set(image_ids))
+        per_image: dict[int, tuple[list, list]] = {i: ([], []) for i in ids}
+        for r in results:
+            x, y, w, h = r["bbox"]
+            per_image[r["image_id"]][0].append([x, y, x + w, y + h])
+            per_image[r["image_id"]][1].append(r["score"])
+        dts = [ImageDT(boxes=np.array(boxes, np.float64).reshape(-1, 4), scores=np.array(scores, np.float64))
+               for boxes, scores in per_image.values()]
+        return crowd_metrics([self.crowd_gt[i - 1] for i in ids], dts)  # image id i is odgt record i - 1

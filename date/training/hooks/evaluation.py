@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 from torch.utils.data import Subset
 
-from date.coco_eval import inference_label, predict_coco_branches, score
+from date.coco_eval import crowd_score, inference_label, predict_coco_branches, score
+from date.data.crowdhuman import CrowdHumanDetection
 from date.data.loader import build_eval_loader
 from date.runtime import checkpoint as ckpt
 from date.training.hooks.base import Hook
@@ -53,6 +54,9 @@ class Evaluation(Hook):
         stats = score(self.val_set.coco, results, image_ids,
                       label=f"{inference_label(model.inference_branch)} after epoch {epochs_done}")
         val = {f"val/{k}": v for k, v in stats.items()}
+        if isinstance(self.val_set, CrowdHumanDetection):
+            crowd = crowd_score(self.val_set, results, image_ids, label=f"after epoch {epochs_done}")
+            val.update({f"val/crowd/{k}": v for k, v in crowd.items()})
         if len(branches) > 1:
             o2m_stats = score(self.val_set.coco, per_branch[1], image_ids,
                               label=f"the o2m branch + NMS (a diagnostic) after epoch {epochs_done}")
