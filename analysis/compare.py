@@ -140,7 +140,7 @@ def _compare_to_baseline(result: VariantResult, by_variant: dict, variants: Sequ
     else:
         result.speedup = stats.speedup(result.baseline_epochs, result.reach_epoch)
     if variant is not baseline and result.baseline_epochs is not None:
-        variant_runs, baseline_runs = _sides(result, base)
+        variant_runs, baseline_runs = sides(result, base)
         if min(len(variant_runs), len(baseline_runs)) >= 2:  # one run (pair) resamples to itself: no interval
             result.speedup_ci = stats.bootstrap_speedup(
                 [r.curve for r in variant_runs], [r.curve for r in baseline_runs], paired=bool(result.paired),
@@ -162,7 +162,7 @@ def _differences(result: VariantResult, base: VariantResult, report: Report) -> 
                      f"{variant.label} only; {_seed_list(theirs - mine)} {baseline.label} only) and do not pair: "
                      "unpaired comparison (difference of means, Welch's interval and p; the speed-up bootstrap "
                      "resamples each side on its own).")
-    variant_runs, baseline_runs = _sides(result, base)
+    variant_runs, baseline_runs = sides(result, base)
     for metric in FINAL_METRICS:
         if result.paired:
             pairs = [(v.final[metric], b.final[metric]) for v, b in zip(variant_runs, baseline_runs)
@@ -210,7 +210,7 @@ def _difference_notes(result: VariantResult, base: VariantResult, notes: list[st
 
 def _power(result: VariantResult, base: VariantResult) -> None:
     """Seeds needed for 80% power on AP, from the observed difference and spread."""
-    variant_runs, baseline_runs = _sides(result, base)
+    variant_runs, baseline_runs = sides(result, base)
     if result.paired:  # the pairs where both runs have AP
         pairs = [(v.final["AP"], b.final["AP"]) for v, b in zip(variant_runs, baseline_runs)
                  if "AP" in v.final and "AP" in b.final]
@@ -226,7 +226,7 @@ def _power(result: VariantResult, base: VariantResult) -> None:
             result.power_missing = "no spread in the AP values: a t-test's power is undefined"
 
 
-def _sides(result: VariantResult, base: VariantResult) -> tuple[list[RunRecord], list[RunRecord]]:
+def sides(result: VariantResult, base: VariantResult) -> tuple[list[RunRecord], list[RunRecord]]:
     """Paired: the variant's and the baseline's runs in the same seed order; unpaired: each side's runs."""
     if result.paired:
         pairs = _by_seed_pairs(result.variant.runs, base.variant.runs)

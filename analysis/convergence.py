@@ -12,7 +12,8 @@ schedule), ``difference.png`` / ``.pdf`` (val AP minus POTO's per epoch: mean ov
 t-band and one line per pair), ``results.md`` / ``.tex`` / ``.json`` (final metrics; per metric the
 difference to POTO paired by seed with its 95% interval, paired p, Holm p and seeds won, or Welch's when
 the seeds do not pair; the convergence speed-up with a bootstrap interval; seeds needed for 80% power;
-and what could not be computed). Exit code 2 with a message on bad input, when no run matches, or when
+and what could not be computed); on CrowdHuman-format data also CrowdHuman's AP, MR^-2, JI and recall, tested the
+same way, and ``crowd.png`` / ``.pdf`` (MR^-2 and JI per epoch; analysis/crowd.py). Exit code 2 with a message on bad input, when no run matches, or when
 two runs of one variant share a seed (repeats, not seeds).
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from analysis import crowd
 from analysis.compare import build_report
 from analysis.difference_figure import difference_figure
 from analysis.runs import GROUP_PARAMS, AnalysisError, query_runs, store_uri
@@ -89,14 +91,19 @@ def run(args: argparse.Namespace) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     convergence_figure(report, args.out)
     difference_figure(report, args.out)
-    markdown = to_markdown(report)
+    markdown, summary = to_markdown(report), to_json(report)
+    written = "convergence.png, convergence.pdf, difference.png, difference.pdf"
+    crowd_results = crowd.crowd_results(report)  # runs on CrowdHuman-format data only
+    if crowd_results:
+        markdown += "\n" + crowd.to_markdown(crowd_results)
+        summary["crowd"] = crowd.to_json(crowd_results)
+        crowd.crowd_figure(report, crowd_results, args.out)
+        written += ", crowd.png, crowd.pdf"
     (args.out / "results.md").write_text(markdown)
     (args.out / "results.tex").write_text(to_latex(report))
-    summary = to_json(report)
     (args.out / "results.json").write_text(json.dumps(summary, indent=1))
     print(markdown)
-    print(f"Wrote convergence.png, convergence.pdf, difference.png, difference.pdf, results.md, results.tex, "
-          f"results.json to {args.out}")
+    print(f"Wrote {written}, results.md, results.tex, results.json to {args.out}")
     return summary
 
 

@@ -18,6 +18,8 @@ from date.runtime.tracking import GROUP_TAGS, TrackingError, check_reachable
 
 # The COCO numbers reported per variant (keys of date.coco_eval.STAT_NAMES, logged as val/<name>).
 FINAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# CrowdHuman's metrics (date.coco_eval.crowd_score), logged as val/crowd/<name> on CrowdHuman-format data only
+CROWD_METRICS = ("crowd/AP", "crowd/mMR", "crowd/JI", "crowd/recall")
 # Params that also define a variant (DATE-F-3DMF vs DATE-F); --group-param adds more.
 GROUP_PARAMS = ("model.use_3dmf",)
 _TAG_KEY = re.compile(r"^[A-Za-z0-9_.\-/ ]+$")
@@ -35,7 +37,8 @@ class RunRecord:
     absent); ``params`` holds every param the run logged (date.train logs its whole resolved config);
     ``curve`` maps completed epochs to val/AP; ``final`` maps metric names (AP, AP50, ...) to the value
     at the run's last evaluation; ``missing`` maps the final metrics it lacks to why (not logged at
-    that evaluation, or COCOeval's -1: the split has no ground truth of that size).
+    that evaluation, or COCOeval's -1: the split has no ground truth of that size); ``crowd_curves`` maps each
+    CrowdHuman metric the run logged (crowd/AP, ...; none on other data) to its {epoch: value}.
     """
 
     run_id: str
@@ -47,6 +50,7 @@ class RunRecord:
     missing: Mapping[str, str] = field(default_factory=dict)
     params: Mapping[str, str] = field(default_factory=dict)
     sweep_id: str = ""  # the sweep_id tag ("" outside a sweep), to tell repeated runs apart in messages
+    crowd_curves: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,8 @@ def _to_record(client, run, group_params: Sequence[str]) -> RunRecord | str:
             final[name] = values[last_epoch]
     groups = {tag: data.tags.get(tag, "") for tag in GROUP_TAGS}
     groups.update({f"params.{key}": data.params.get(key, "") for key in group_params})
+    crowd = {name: _history(client, info.run_id, f"val/{name}") for name in CROWD_METRICS
+             if f"val/{name}" in data.metrics}
     return RunRecord(run_id=info.run_id, run_name=info.run_name or "", seed=data.tags.get("seed", "?"),
                      groups=groups, curve=curve, final=final, missing=missing, params=dict(data.params),
-                     sweep_id=data.tags.get("sweep_id", ""))
+                     sweep_id=data.tags.get("sweep_id", ""), crowd_curves=crowd)
