@@ -31,7 +31,7 @@ class LevelDiagnostics(Hook):
     def after_epoch(self, trainer) -> None:
         state, run = trainer.state, trainer.run
         counts, state.level_counts = state.level_counts, {}
-        if not counts.get("images"):
+        if not counts.get("images") or not {"o2o", "o2m"} & set(counts):  # a criterion that reports none
             return
         state.level_history.append({"epoch": state.epoch, **counts})
         metrics = {}
