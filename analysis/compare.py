@@ -16,7 +16,7 @@ percentile bootstrap interval over seed pairs (unpaired: each side resampled on 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from analysis import power, stats
 from analysis.power import PowerAnalysis
@@ -163,17 +163,8 @@ def _differences(result: VariantResult, base: VariantResult, report: Report) -> 
                      "unpaired comparison (difference of means, Welch's interval and p; the speed-up bootstrap "
                      "resamples each side on its own).")
     variant_runs, baseline_runs = sides(result, base)
-    for metric in FINAL_METRICS:
-        if result.paired:
-            pairs = [(v.final[metric], b.final[metric]) for v, b in zip(variant_runs, baseline_runs)
-                     if metric in v.final and metric in b.final]
-            if pairs:
-                result.versus[metric] = stats.paired_t(*zip(*pairs), confidence=report.confidence)
-        else:
-            a = [r.final[metric] for r in variant_runs if metric in r.final]
-            b = [r.final[metric] for r in baseline_runs if metric in r.final]
-            if a and b:
-                result.versus[metric] = stats.welch(a, b, confidence=report.confidence)
+    result.versus = compare_metrics(result, base, FINAL_METRICS, lambda run, metric: run.final.get(metric),
+                                    confidence=report.confidence)
     adjusted = stats.holm([result.versus[m].p if m in result.versus else None for m in FINAL_METRICS])
     result.holm = {m: p for m, p in zip(FINAL_METRICS, adjusted) if m in result.versus}
     _difference_notes(result, base, notes)
@@ -224,6 +215,27 @@ def _power(result: VariantResult, base: VariantResult) -> None:
             result.power_missing = "needs >= 2 seed pairs" if result.paired else "needs >= 2 runs on each side"
         else:
             result.power_missing = "no spread in the AP values: a t-test's power is undefined"
+
+
+def compare_metrics(result: VariantResult, base: VariantResult, metrics: Sequence[str],
+                    value: Callable[[RunRecord, str], Optional[float]], *,
+                    confidence: float) -> dict[str, stats.Comparison]:
+    """Per metric the variant against its baseline: paired t on the seed pairs where both runs have a value
+    (``value(run, metric)``, None: not logged), else Welch on each side's values; metrics without values left out."""
+    variant_runs, baseline_runs = sides(result, base)
+    versus = {}
+    for metric in metrics:
+        if result.paired:
+            values = ((value(v, metric), value(w, metric)) for v, w in zip(variant_runs, baseline_runs))
+            pairs = [(a, b) for a, b in values if a is not None and b is not None]
+            if pairs:
+                versus[metric] = stats.paired_t(*zip(*pairs), confidence=confidence)
+        else:
+            a = [x for x in (value(r, metric) for r in variant_runs) if x is not None]
+            b = [x for x in (value(r, metric) for r in baseline_runs) if x is not None]
+            if a and b:
+                versus[metric] = stats.welch(a, b, confidence=confidence)
+    return versus
 
 
 def sides(result: VariantResult, base: VariantResult) -> tuple[list[RunRecord], list[RunRecord]]:

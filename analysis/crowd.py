@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from analysis import stats
-from analysis.compare import Report, VariantResult, sides
+from analysis.compare import Report, VariantResult, compare_metrics
 from analysis.plots import RC, epoch_ticks, save_png_pdf, shared_legend, variant_styles
 from analysis.runs import CROWD_METRICS, RunRecord
 from analysis.tables import effect_cell, p_cell, summary_cell
@@ -52,29 +52,13 @@ def crowd_results(report: Report) -> list[CrowdResult]:
             continue
         versus = {}
         if result.baseline is not None and result.paired is not None:
-            versus = _versus(result, by_variant[id(result.baseline)], report.confidence)
+            versus = compare_metrics(result, by_variant[id(result.baseline)], CROWD_METRICS, final_value,
+                                     confidence=report.confidence)
         adjusted = stats.holm([versus[m].p if m in versus else None for m in CROWD_METRICS])
         holm = {m: p for m, p in zip(CROWD_METRICS, adjusted) if m in versus}
         better = {m: _better(m, c) for m, c in versus.items()}
         out.append(CrowdResult(result=result, final=final, versus=versus, holm=holm, better=better))
     return out
-
-
-def _versus(result: VariantResult, base: VariantResult, confidence: float) -> dict[str, stats.Comparison]:
-    variant_runs, baseline_runs = sides(result, base)
-    versus = {}
-    for metric in CROWD_METRICS:
-        if result.paired:
-            pairs = [(a, b) for a, b in ((final_value(v, metric), final_value(w, metric))
-                                         for v, w in zip(variant_runs, baseline_runs)) if a is not None and b is not None]
-            if pairs:
-                versus[metric] = stats.paired_t(*zip(*pairs), confidence=confidence)
-        else:
-            a = [x for x in (final_value(r, metric) for r in variant_runs) if x is not None]
-            b = [x for x in (final_value(r, metric) for r in baseline_runs) if x is not None]
-            if a and b:
-                versus[metric] = stats.welch(a, b, confidence=confidence)
-    return versus
 
 
 def _better(metric: str, comparison: stats.Comparison) -> Optional[int]:

@@ -62,10 +62,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model = detector_from_checkpoint(saved, num_classes=val_set.num_classes)
     model.to(device)
     stats, results = evaluate(model=model, loader=build_eval_loader(val_set, batch_size=cfg.batch_size,
-                                                              num_workers=cfg.num_workers),
-                        coco_gt=val_set.coco, label_to_category_id=val_set.label_to_category_id, device=device,
-                        amp_dtype=autocast_dtype(amp_setting(cfg.amp), device),
-                        label=inference_label(model.inference_branch))
+                                                                    num_workers=cfg.num_workers),
+                              coco_gt=val_set.coco, label_to_category_id=val_set.label_to_category_id, device=device,
+                              amp_dtype=autocast_dtype(amp_setting(cfg.amp), device),
+                              label=inference_label(model.inference_branch))
     if isinstance(val_set, CrowdHumanDetection):  # CrowdHuman's own metrics beside COCO's
         crowd = crowd_score(val_set, results, val_set.ids, label="of the checkpoint")
         stats.update({f"crowd/{k}": v for k, v in crowd.items()})
