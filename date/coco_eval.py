@@ -102,9 +102,10 @@ def predict_coco(*, model: torch.nn.Module, loader: Iterable, label_to_category_
 @torch.no_grad()
 def predict_coco_branches(*, model: torch.nn.Module, loader: Iterable, label_to_category_id: Sequence[int],
                           device: torch.device, amp_dtype: Optional[torch.dtype] = None,
-                          branches: Sequence[str | None]) -> tuple[list[list[dict]], list[int]]:
-    """:func:`predict_coco` of several branches on one forward per batch; returns (the records of each
-    branch, in the order of ``branches``, the image ids seen)."""
+                          branches: Sequence[str | None], memory_format: torch.memory_format = torch.preserve_format
+                          ) -> tuple[list[list[dict]], list[int]]:
+    """:func:`predict_coco` of several branches on one forward per batch (the images in ``memory_format``, the
+    model's); returns (the records of each branch, in the order of ``branches``, the image ids seen)."""
     was_training = model.training
     model.eval()
     results: list[list[dict]] = [[] for _ in branches]
@@ -112,7 +113,7 @@ def predict_coco_branches(*, model: torch.nn.Module, loader: Iterable, label_to_
     try:
         for images, targets in loader:
             predictions = run_branches(model, images, [t["image_size"] for t in targets], branches, device=device,
-                                       amp_dtype=amp_dtype)
+                                       amp_dtype=amp_dtype, memory_format=memory_format)
             for records, branch_predictions in zip(results, predictions):
                 records += to_coco_results(branch_predictions, targets, label_to_category_id)
             image_ids += [int(t["image_id"]) for t in targets]

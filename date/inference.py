@@ -70,7 +70,8 @@ def preprocess(images: Tensor, resize: v2.Transform) -> tuple[Tensor, list[tuple
 @torch.no_grad()
 def run_branches(model: torch.nn.Module, images: Tensor, image_sizes: Sequence[tuple[int, int]],
                  branches: Sequence[str | None] = (None,), *, device: torch.device,
-                 amp_dtype: Optional[torch.dtype] = None, nms: bool | None = None) -> list[list[Detections]]:
+                 amp_dtype: Optional[torch.dtype] = None, nms: bool | None = None,
+                 memory_format: torch.memory_format = torch.preserve_format) -> list[list[Detections]]:
     """Step 4: per branch (None: the inference branch), per image, the detections in the resized image's pixels.
 
     Args:
@@ -78,9 +79,11 @@ def run_branches(model: torch.nn.Module, images: Tensor, image_sizes: Sequence[t
         images (Tensor[B, 3, Hp, Wp]): normalised and padded; image_sizes: each image's (h, w) before padding.
         amp_dtype: run the forward under autocast to this dtype (None: no autocast).
         nms: as ``DATEDetector.predict``'s (None: each branch's own decoding).
+        memory_format: the images' on the device; the model's (channels_last: NHWC convolutions throughout).
     """
     with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        return model.predict_branches(images.to(device, non_blocking=True), [tuple(s) for s in image_sizes],
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        return model.predict_branches(images, [tuple(s) for s in image_sizes],
                                       branches, nms=nms)
 
 

@@ -303,5 +303,7 @@ class CocoDetection(torch.utils.data.Dataset):
             target["image_size"] = (H0, W0)
             return pil_to_tensor(image), target
         with torch.random.fork_rng(devices=[]):  # per-sample RNG without touching the caller's
-            torch.manual_seed(int(seed))
+            # the CPU generator alone, as torch.manual_seed seeds it: the transforms draw on the CPU, and
+            # torch.manual_seed's lazy seeding of CUDA/XPU/MTIA formats a stack trace per call (2 ms a sample)
+            torch.default_generator.manual_seed(int(seed))
             return self.transforms(image, target)

@@ -90,7 +90,8 @@ class Evaluation(Hook):
                                                    world_size=dist.world_size)
         per_branch, image_ids = predict_coco_branches(
             model=trainer.model, loader=self.loaders[size], device=trainer.run.device, amp_dtype=trainer.amp_dtype,
-            label_to_category_id=self.val_set.label_to_category_id, branches=branches)
+            label_to_category_id=self.val_set.label_to_category_id, branches=branches,
+            memory_format=trainer.memory_format)
         if dist.world_size > 1:
             shards = [None] * dist.world_size
             torch.distributed.all_gather_object(shards, (per_branch, image_ids))
