@@ -240,7 +240,8 @@ class TrainConfig:
     # Evaluations before the last use only the first N val images (a fixed random sample: the synthetic generator
     # draws each image independently) to keep a 1,000-image split affordable; the last uses all. null: all, always
     eval_subset: Optional[int] = checked(100, lambda v: v is None or v >= 1, "null or >= 1")
-    eval_o2m_branch: bool = True  # dual: also evaluate the o2m branch (+ NMS) as val/o2m/* (a diagnostic)
+    # dual: also evaluate the o2m branch (+ NMS) as val/o2m/* (a diagnostic; the studies set it, ~5 s per 1,000 images)
+    eval_o2m_branch: bool = False
     checkpoint_every_iters: int = at_least(0, 0)  # also write last.pth every N iterations (0: at epoch ends only)
     log_every: int = at_least(20, 1)  # log line + MLflow train/* metrics every N iterations (and at the last)
     resume: bool = True  # continue from <run dir>/last.pth if it exists; false: start over there

@@ -146,13 +146,13 @@ def test_nan_loss_stops_naming_iteration_and_term_without_checkpoint(setup, tmp_
 
 @pytest.mark.slow
 def test_dual_evaluates_its_o2m_branch_as_a_diagnostic(setup, plain_run, tmp_path, one_thread):
-    both, both_dir = plain_run
+    alone, _ = plain_run  # eval_o2m_branch=false, the default
+    assert not any(k.startswith("val/o2m/") for k in alone)
+    both = _train(setup, tmp_path / "both", eval_o2m_branch=True)
     assert {"val/o2m/AP", "val/o2m/AP50", "val/o2m/APl"} <= set(both)
-    history = json.loads((both_dir / "eval_results.json").read_text())
+    history = json.loads((tmp_path / "both" / "eval_results.json").read_text())
     assert [sorted(k for k in h if k.startswith("val/o2m/")) for h in history] == \
         [sorted(k for k in both if k.startswith("val/o2m/"))] * 2  # both epochs
-    alone = _train(setup, tmp_path / "alone", eval_o2m_branch=False)
-    assert not any(k.startswith("val/o2m/") for k in alone)
     assert alone["val/AP"] == both["val/AP"] and alone["train/loss"] == both["train/loss"]  # a diagnostic only
 
 
