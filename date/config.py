@@ -230,9 +230,7 @@ class TrainConfig:
     seed: int = at_least(0, 0)  # seeds torch, numpy, random and the data order; same seed on CPU = same run
     device: str = device_field()  # auto: cuda if available, else cpu
     amp: str = amp_field()  # bf16 autocast: auto (on with CUDA, off on CPU) | true | false
-    # NHWC memory format for the model and its images, training and evaluation: on this 2-core CPU 1.15x faster
-    # steps and 1.3x faster evaluation (experiments/results/main_job); other arithmetic, so another variant
-    channels_last: bool = True
+    channels_last: bool = True  # NHWC model and images: 1.15x faster CPU steps; other arithmetic, another variant
     batch_size: int = at_least(8, 1)  # images per process per step
     num_workers: int = at_least(2, 0)  # data-loading processes per training process (0: the main process)
     # COCO evaluation every N epochs (and always at the end); 3 keeps the CPU main job in its budget, studies set 1
@@ -240,8 +238,7 @@ class TrainConfig:
     # Evaluations before the last use only the first N val images (a fixed random sample: the synthetic generator
     # draws each image independently) to keep a 1,000-image split affordable; the last uses all. null: all, always
     eval_subset: Optional[int] = checked(100, lambda v: v is None or v >= 1, "null or >= 1")
-    # dual: also evaluate the o2m branch (+ NMS) as val/o2m/* (a diagnostic; the studies set it, ~5 s per 1,000 images)
-    eval_o2m_branch: bool = False
+    eval_o2m_branch: bool = False  # dual: also evaluate the o2m branch (+ NMS) as val/o2m/* (a diagnostic)
     checkpoint_every_iters: int = at_least(0, 0)  # also write last.pth every N iterations (0: at epoch ends only)
     log_every: int = at_least(20, 1)  # log line + MLflow train/* metrics every N iterations (and at the last)
     resume: bool = True  # continue from <run dir>/last.pth if it exists; false: start over there
