@@ -19,7 +19,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import RESUMABLE, RESUMABLE_ITERS, SMOKE, run_module
+from conftest import RESUMABLE, RESUMABLE_ITERS, SMOKE, run_module, sandbox_env
 from date.config import compose_config
 from date.data.build import build_datasets
 from date.runtime import checkpoint as ckpt
@@ -114,9 +114,10 @@ def test_weights_that_overflow_on_an_epochs_last_step_are_never_saved(tmp_path, 
     (["name=a,b", "hydra.sweep.dir=SWEEP"], "name=a,b (left out of run-dir names)"),
     (["seed=0,0"], "seed=0,0 (a value listed twice)"),
 ])
-def test_a_sweep_whose_jobs_would_share_a_run_dir_fails_at_launch(sweep, reason, tmp_path, train_env):
+def test_a_sweep_whose_jobs_would_share_a_run_dir_fails_at_launch(sweep, reason, tmp_path, data_cache):
     sweep = [s.replace("SWEEP", str(tmp_path / "sweep")) for s in sweep]
-    result = run_module("date.train", ["-m", *sweep, *SMOKE], env=train_env, cwd=tmp_path)
+    env = sandbox_env(tmp_path, data_cache, migrated=False)  # no store yet: the launch must not create one
+    result = run_module("date.train", ["-m", *sweep, *SMOKE], env=env, cwd=tmp_path)
     assert result.returncode == 2
     _no_traceback(result)
     message = _error_paragraph(result.stderr)

@@ -147,7 +147,8 @@ def test_final_metrics_table_names_the_branches_and_explains_cocos_minus_one():
 @pytest.mark.slow
 def test_the_console_shows_the_run_and_the_log_file_keeps_the_libraries_chatter(tmp_path, train_env):
     run_dir = tmp_path / "run"
-    result = run_module("date.train", [*SMOKE, "tracking.system_metrics=true", f"hydra.run.dir={run_dir}"],
+    result = run_module("date.train", [*SMOKE, "tracking.system_metrics=true", "eval_o2m_branch=true",
+                                       f"hydra.run.dir={run_dir}"],
                         env=train_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     console, log = result.stdout + result.stderr, (run_dir / "train.log").read_text()
