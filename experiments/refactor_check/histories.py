@@ -1,12 +1,13 @@
 """Metric histories of a refactor check (experiments/refactor_check/run.sh).
 
     python experiments/refactor_check/histories.py dump <mlflow.db>          # -> JSON on stdout
-    python experiments/refactor_check/histories.py compare <before dir> <after dir>
+    python experiments/refactor_check/histories.py compare <before dir> <after dir> [KEY=VALUE ...]
 
 ``compare``: every metric a run logged before must be identical, step for step and to the last bit, after
 (what measures the machine rather than the method is left out: img/s, and MLflow's system/* samples of CPU,
 memory and disk); metrics only the later code logs are listed as new. Exit code 1 if any
-history differs.
+history differs. The KEY=VALUE arguments are run.sh's EXTRA pins (a default that changed on purpose, pinned to its
+former value): a run's name lists the overrides it was given, and the pins are left out of the names compared.
 """
 import json
 import sqlite3
@@ -21,6 +22,11 @@ def dump(db: str) -> dict:
         if key != "train/img_per_s" and not key.startswith("system/"):
             out.setdefault(names[run], {}).setdefault(key, []).append([step, value])
     return out
+
+
+def without_pins(runs: dict, pins: list[str]) -> dict:
+    """``runs`` with the ``pins`` (KEY=VALUE overrides) left out of their names (tokens separated by spaces)."""
+    return {" ".join(t for t in name.split(" ") if t not in pins): metrics for name, metrics in runs.items()}
 
 
 def compare(before: dict, after: dict) -> bool:
@@ -41,5 +47,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "dump":
         print(json.dumps(dump(sys.argv[2]), indent=0, sort_keys=True))
     else:
-        a, b = (json.load(open(f"{d}/metrics.json")) for d in sys.argv[2:4])
+        a, b = (without_pins(json.load(open(f"{d}/metrics.json")), sys.argv[4:]) for d in sys.argv[2:4])
         sys.exit(0 if compare(a, b) else 1)
