@@ -110,8 +110,9 @@ def sandbox_env(root: Path, data_cache: Path, *, tracking_uri: str | None = None
 
 @pytest.fixture
 def train_env(tmp_path, data_cache) -> dict[str, str]:
-    """Environment for a `python -m date.train` subprocess of one test (see sandbox_env)."""
-    return sandbox_env(tmp_path, data_cache)
+    """Environment for a `python -m date.*` command of one test (see sandbox_env), with no MLflow store yet: a test
+    may check that a refused command creates none, or that a training creates it."""
+    return sandbox_env(tmp_path, data_cache, migrated=False)
 
 
 def run_module(module: str, args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 300,

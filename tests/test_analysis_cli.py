@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from scipy import stats as scipy_stats
 
 from analysis import convergence, duplicates
-from conftest import REPO, SMOKE, run_module, run_modules, sandbox_env
+from conftest import REPO, SMOKE, run_in_process, run_modules, sandbox_env
 from test_analysis_stats import _holm_by_procedure
 
 pytestmark = pytest.mark.slow  # every test reads the module's trainings
@@ -65,9 +65,9 @@ def logged_finals(url, sweep_id=None):
 
 def test_sweep_report_numbers_are_the_logged_metrics(trained, tmp_path):
     out = tmp_path / "report"
-    result = run_module("analysis.convergence", ["--tracking-uri", trained["url"], "--experiment", EXPERIMENT,
-                                                 "--sweep-id", trained["sweep_id"], "--out", str(out)],
-                        env=trained["env"], cwd=REPO, timeout=300)
+    result = run_in_process("analysis.convergence", ["--tracking-uri", trained["url"], "--experiment", EXPERIMENT,
+                                                     "--sweep-id", trained["sweep_id"], "--out", str(out)],
+                            env=trained["env"], cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("convergence.png", "convergence.pdf", "difference.png", "difference.pdf", "results.md",
                  "results.tex", "results.json"):

@@ -6,8 +6,6 @@ import contextlib
 import hashlib
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from conftest import run_in_process
 from date.data.build import DatasetConfig, build_datasets, build_val_dataset
 from date.data.errors import DatasetError
 from date.data import synthetic
@@ -158,17 +157,16 @@ def test_statistics_count_a_location_on_a_level_bound_as_training_does(tmp_path)
 
 
 @pytest.mark.slow
-def test_cli_prints_statistics(tmp_path):
-    args = [sys.executable, "-m", "date.data.synthetic", "--cache-dir", str(tmp_path), "num_train=3", "num_val=2",
-            "image_size=64", "max_objects=5"]
-    first = subprocess.run([*args, "--stats"], capture_output=True, text=True, timeout=300)
+def test_cli_prints_statistics(tmp_path, train_env):
+    args = ["--cache-dir", str(tmp_path), "num_train=3", "num_val=2", "image_size=64", "max_objects=5"]
+    first = run_in_process("date.data.synthetic", [*args, "--stats"], env=train_env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "generated in" in first.stdout and "objects_per_level" in first.stdout and "--- val" in first.stdout
     assert "size_of_interest: [64.0, 128.0, 256.0, 512.0]" in first.stdout  # the schema's default, as training has it
     assert "o2m_positives_per_object: {'mean'" in first.stdout and "objects_without_positive_pct" in first.stdout
     # the same keys written as date.train takes them find the same dataset
-    again = subprocess.run([*args[:5], *(f"dataset.{a}" for a in args[5:])], capture_output=True, text=True,
-                           timeout=300)
+    again = run_in_process("date.data.synthetic", [*args[:2], *(f"dataset.{a}" for a in args[2:])], env=train_env,
+                           cwd=tmp_path)
     assert "found in cache" in again.stdout and "RuntimeWarning" not in again.stderr
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import RESUMABLE, RESUMABLE_ITERS, SMOKE, run_module, sandbox_env
+from conftest import RESUMABLE, RESUMABLE_ITERS, SMOKE, run_in_process, run_module
 from date.config import compose_config
 from date.data.build import build_datasets
 from date.runtime import checkpoint as ckpt
@@ -114,10 +114,9 @@ def test_weights_that_overflow_on_an_epochs_last_step_are_never_saved(tmp_path, 
     (["name=a,b", "hydra.sweep.dir=SWEEP"], "name=a,b (left out of run-dir names)"),
     (["seed=0,0"], "seed=0,0 (a value listed twice)"),
 ])
-def test_a_sweep_whose_jobs_would_share_a_run_dir_fails_at_launch(sweep, reason, tmp_path, data_cache):
+def test_a_sweep_whose_jobs_would_share_a_run_dir_fails_at_launch(sweep, reason, tmp_path, train_env):
     sweep = [s.replace("SWEEP", str(tmp_path / "sweep")) for s in sweep]
-    env = sandbox_env(tmp_path, data_cache, migrated=False)  # no store yet: the launch must not create one
-    result = run_module("date.train", ["-m", *sweep, *SMOKE], env=env, cwd=tmp_path)
+    result = run_in_process("date.train", ["-m", *sweep, *SMOKE], env=train_env, cwd=tmp_path)
     assert result.returncode == 2
     _no_traceback(result)
     message = _error_paragraph(result.stderr)
@@ -370,11 +369,11 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
 
 @pytest.mark.slow
 def test_a_refused_config_leaves_no_outputs_dir(tmp_path, train_env):
-    result = run_module("date.train", ["schedule.epochs=-1"], env=train_env, cwd=tmp_path)
+    result = run_in_process("date.train", ["schedule.epochs=-1"], env=train_env, cwd=tmp_path)
     assert result.returncode == 2 and "schedule.epochs=-1" in result.stderr
     assert not (tmp_path / "outputs").exists()
     kept = tmp_path / "outputs" / "date" / "schedule.epochs--1"  # its run dir
     kept.mkdir(parents=True)
     (kept / "last.pth").write_bytes(b"an earlier run's")
-    result = run_module("date.train", ["schedule.epochs=-1"], env=train_env, cwd=tmp_path)
+    result = run_in_process("date.train", ["schedule.epochs=-1"], env=train_env, cwd=tmp_path)
     assert result.returncode == 2 and (kept / "last.pth").read_bytes() == b"an earlier run's"

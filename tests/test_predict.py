@@ -11,7 +11,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torchvision.transforms.v2 import functional as F
 
-from conftest import SMOKE, run_module, sandbox_env
+from conftest import SMOKE, run_in_process, sandbox_env
 from date.coco_eval import predict_coco
 from date.config import PredictConfig
 from date.data.build import build_val_dataset
@@ -33,7 +33,7 @@ def env(tmp_path_factory, data_cache) -> dict[str, str]:
 def trained(env, tmp_path_factory, data_cache):
     """(model_final.pth of a smoke training, its val split)."""
     cwd = tmp_path_factory.mktemp("train")
-    result = run_module("date.train", SMOKE, env=env, cwd=cwd)
+    result = run_in_process("date.train", SMOKE, env=env, cwd=cwd)  # nothing of the process is tested here
     assert result.returncode == 0, result.stderr[-3000:]
     [checkpoint] = cwd.glob("outputs/**/model_final.pth")
     dataset = checkpoint_config(ckpt.load(checkpoint)).dataset
@@ -42,7 +42,7 @@ def trained(env, tmp_path_factory, data_cache):
 
 
 def _predict(args: list[str], *, env, cwd):
-    return run_module("date.predict", [*args, "device=cpu"], env=env, cwd=cwd)
+    return run_in_process("date.predict", [*args, "device=cpu"], env=env, cwd=cwd)
 
 
 def _evaluation_results(checkpoint, val_set) -> list[dict]:
@@ -102,7 +102,7 @@ def test_evaluate_writes_out_alone_and_replaces_an_earlier_evaluation(trained, e
     args = [f"checkpoint={checkpoint}", "num_workers=0", "device=cpu", f"out={tmp_path / 'eval.json'}"]
     results = []
     for _ in range(2):  # the second finds the first's file: its own kind, replaced without asking
-        result = run_module("date.evaluate", args, env=env, cwd=tmp_path)
+        result = run_in_process("date.evaluate", args, env=env, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         results.append(json.loads((tmp_path / "eval.json").read_text()))
     assert results[0] == results[1] and len(results[0]) == 12

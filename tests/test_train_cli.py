@@ -99,8 +99,8 @@ def test_sweep_gives_one_tagged_run_per_job_with_a_shared_sweep_id(tmp_path, tra
         assert (job_dir / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the checkpoint evaluates alone to the run's final numbers
-    result = run_module("date.evaluate", [f"checkpoint={job_dirs[0] / 'model_final.pth'}", "num_workers=0",
-                                          f"out={tmp_path / 'eval.json'}"], env=train_env, cwd=tmp_path)
+    result = run_in_process("date.evaluate", [f"checkpoint={job_dirs[0] / 'model_final.pth'}", "num_workers=0",
+                                              f"out={tmp_path / 'eval.json'}"], env=train_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in result.stdout
     stats = json.loads((tmp_path / "eval.json").read_text())
