@@ -43,6 +43,22 @@ SLURM_CPU = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra
              "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=15"]
 
 
+def pytest_configure(config) -> None:
+    """Under xdist, each worker's in-process torch gets its share of the cores: two workers of 2 threads each on 2
+    cores left OpenMP threads spinning for a busy core (the oversubscription sandbox_env's one thread avoids)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The xdist groups (the SLURM tests, the modules whose tests share a training fixture: a minute or more each)
+    are handed out first, so that the workers do not end with one of them left (xdist deals work in this order)."""
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable: file order otherwise
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> None:
     """The local SLURM cluster must be up for tests marked `slurm`: they fail (not skip) without it."""

@@ -17,7 +17,8 @@ from analysis import convergence, duplicates
 from conftest import REPO, SMOKE, run_in_process, run_modules, sandbox_env
 from test_analysis_stats import _holm_by_procedure
 
-pytestmark = pytest.mark.slow  # every test reads the module's trainings
+pytestmark = [pytest.mark.slow,  # every test reads the module's trainings,
+              pytest.mark.xdist_group("analysis_cli")]  # on one xdist worker: they run once
 
 EXPERIMENT = "analysis_smoke"  # of its own on the session's MLflow server
 # SMOKE, with a learning rate high enough that 6 iterations give a non-zero, seed-dependent AP

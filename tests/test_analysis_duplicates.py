@@ -114,6 +114,10 @@ TRAIN = [*SMOKE, "optim.lr=0.02", "eval_every=2", "seed=3"]
 TITLE = re.compile(r"^(.+): (\d+) dets, (\d+) dup$")
 
 
+# The tests reading `trained` share one xdist worker, so that its sweep runs once.
+ON_TRAINED_WORKER = pytest.mark.xdist_group("duplicates_trained")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_cache):
     """An FCOS (o2m) and a DATE (dual) smoke training: {variant: model_final.pth}."""
@@ -170,6 +174,7 @@ def _titles(fig):
 
 
 @pytest.mark.slow
+@ON_TRAINED_WORKER
 def test_show_writes_a_png_and_pdf_whose_counts_are_the_rates(trained, tmp_path, capsys, one_thread):
     out = tmp_path / "dup"
     rows = duplicates.main(["--checkpoint", str(trained["o2m"]), str(trained["dual"]), "--out", str(out),
@@ -198,6 +203,7 @@ def test_show_writes_a_png_and_pdf_whose_counts_are_the_rates(trained, tmp_path,
 
 
 @pytest.mark.slow
+@ON_TRAINED_WORKER
 def test_show_score_draws_only_the_detections_above_it(trained, one_thread):
     scores = sorted(s for image in _recounted_scores(trained["o2m"]) for s in image)
     thresh = scores[len(scores) // 2]  # half of FCOS's raw detections are drawn
@@ -223,6 +229,7 @@ def _recounted_scores(checkpoint):
 
 
 @pytest.mark.slow
+@ON_TRAINED_WORKER
 def test_show_refuses_a_count_it_cannot_draw(trained, tmp_path, capsys, one_thread):
     both = ["--checkpoint", str(trained["o2m"]), str(trained["dual"]), "--out", str(tmp_path / "dup")]
     with pytest.raises(SystemExit) as exit_info:

@@ -27,6 +27,10 @@ MODES = {"dual": "model.score_thresh=0.015", "o2m": "model.score_thresh=0.08"}
 SIZES = ((128, 128), (200, 256))  # (test_short_size, max_size): 128 px images padded to 128, 200 px padded to 256
 
 
+# The tests reading `exported` share one xdist worker, so that its two trainings and exports run once.
+ON_EXPORTED_WORKER = pytest.mark.xdist_group("exported")
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, data_cache):
     """{mode: (model_final.pth, its .onnx written by `python -m date.export` next to it)}."""
@@ -87,6 +91,7 @@ def assert_same_detections(outputs, i: int, reference: dict, *, box_rtol: float,
 
 
 @pytest.mark.slow
+@ON_EXPORTED_WORKER
 @pytest.mark.parametrize("mode", MODES)
 def test_onnxruntime_detects_as_pytorch_at_every_batch_and_image_size(exported, data_cache, mode):
     """ExportableDetector in PyTorch equals predict (to float rounding), then onnxruntime equals it (the brief's
@@ -149,6 +154,7 @@ def op_types(path) -> set[str]:
 
 
 @pytest.mark.slow
+@ON_EXPORTED_WORKER
 def test_date_graph_has_no_nms_and_the_fcos_graph_has_its_nms(exported):
     date_ops, fcos_ops = op_types(exported["dual"][1]), op_types(exported["o2m"][1])
     assert "NonMaxSuppression" not in date_ops and "TopK" in date_ops

@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from conftest import RESUMABLE, RESUMABLE_ITERS, SLURM_CPU, SMOKE, run_module
 from date.runtime import checkpoint as ckpt
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster"),
+              pytest.mark.xdist_group("slurm")]  # one worker: the local cluster is one small node
 
 
 def _array_id(sweep_dir: Path) -> str:
