@@ -2,9 +2,16 @@
 nothing behind (README, "When things go wrong"): no output over an input, no run dir, no MLflow run, no outputs/.
 
 None of these needs a trained checkpoint: each input is refused before the checkpoint is read."""
+import contextlib
 import json
+import signal
+import sqlite3
+import subprocess
+import sys
 
 import pytest
+
+from date.runtime.outputs import sqlite_problem
 
 from conftest import SMOKE, run_in_process as run_module  # in this process: each is refused before any work
 
@@ -159,3 +166,28 @@ def test_data_refused_inside_the_job_leaves_no_run_dir(tmp_path, train_env):
     result = run_module("date.train", args, env=train_env, cwd=tmp_path)
     _refused(result, str(data / "train.json"))
     _only(tmp_path, "data")  # no outputs/, no MLflow store or run
+
+
+KILLED_MID_TRANSACTION = """
+import os, signal, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("CREATE TABLE metrics (value BLOB)")
+db.execute("INSERT INTO metrics VALUES (zeroblob(100000))")
+db.execute("PRAGMA cache_size=1")  # so the open transaction spills pages into the file and its journal
+db.execute("BEGIN")
+for _ in range(20):
+    db.execute("INSERT INTO metrics VALUES (zeroblob(100000))")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_store_whose_writer_was_killed_mid_transaction_is_usable(tmp_path):
+    """SIGKILL during an MLflow write leaves a hot journal; the next opener rolls it back (a resume must not be
+    refused, as it once was by a read-only probe that cannot roll back)."""
+    store = tmp_path / "mlflow.db"
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_TRANSACTION, str(store)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "mlflow.db-journal").stat().st_size > 0  # the hot journal is there
+    assert sqlite_problem(store) is None
+    with contextlib.closing(sqlite3.connect(store)) as db:  # rolled back: only the committed row
+        assert db.execute("SELECT COUNT(*) FROM metrics").fetchone() == (1,)

@@ -91,7 +91,9 @@ def sqlite_problem(path: Path) -> Optional[str]:
         return f"{where} cannot be written ({exc.strerror or exc})"
     if path.exists():
         try:
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            # read-write, not read-only: a writer killed mid-transaction leaves a hot journal that the next opener
+            # must roll back, and a read-only connection refuses that ("attempt to write a readonly database")
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as db:
                 db.execute("PRAGMA schema_version").fetchone()
         except sqlite3.Error as exc:
             return f"SQLite cannot read {path} ({exc})"
