@@ -30,8 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from date import cli
 from date.cli import Entrypoint
 from date.config import ConfigError, TrainConfig, flatten, resolved_config, resume_mismatches, validate
-from date.data.build import build_datasets, check_dataset_paths
-from date.data.synthetic import SyntheticParams
+from date.data.build import GENERATED, build_datasets, check_dataset_paths, synthetic_params
 from date.errors import INPUT_ERRORS
 from date.modeling.backbone import check_weights
 from date.modeling.build import build_criterion, build_detector
@@ -170,8 +169,8 @@ def check_run(configs: Sequence[DictConfig], multirun: bool) -> None:
             if (check, *args) not in done:  # a sweep's jobs mostly share them: each loaded or probed once
                 done.add((check, *args))
                 check(*args)
-        if cfg.dataset.kind == "synthetic":
-            SyntheticParams.from_config(cfg.dataset)  # its own range checks (DatasetError)
+        if cfg.dataset.kind in GENERATED:
+            synthetic_params(cfg.dataset)  # its own range checks (DatasetError)
             check_batch_size(cfg.dataset.num_train, cfg.batch_size, world_size)
         else:
             check_dataset_paths(cfg.dataset)

@@ -16,6 +16,7 @@ from .coco import CocoDetection
 from .crowdhuman import CrowdHumanDetection
 from .errors import DatasetError
 from .synthetic import SyntheticParams, ensure_synthetic
+from .synthetic.writer import annotation_name, image_folder
 from .transforms import build_transforms
 
 __all__ = ["DatasetConfig", "build_datasets", "build_val_dataset", "check_dataset_paths", "transform_sizes"]
@@ -23,6 +24,7 @@ __all__ = ["DatasetConfig", "build_datasets", "build_val_dataset", "check_datase
 
 class DatasetKind(Choice):
     synthetic = "synthetic"  # the embedded benchmark, generated into the cache
+    synthetic_crowd = "synthetic_crowd"  # its crowd scenes, generated in CrowdHuman's odgt layout, read as crowdhuman
     coco = "coco"  # COCO 2017 layout under dataset.root
     coco_json = "coco_json"  # any COCO-format data: two annotation files and their image folders
     crowdhuman = "crowdhuman"  # CrowdHuman's odgt layout under dataset.root (date/data/crowdhuman.py)
@@ -96,9 +98,12 @@ def dataset_paths(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[st
     Only the keys (and synthetic splits) of ``splits`` are needed: evaluation names the val split alone.
     """
     kind = cfg.kind
-    if kind == "synthetic":
-        root = ensure_synthetic(SyntheticParams.from_config(cfg), cache_dir=cfg.cache_dir, splits=splits)
-        return {split: (root / f"instances_{split}.json", root) for split in splits}
+    if kind in GENERATED:
+        params = synthetic_params(cfg)
+        root = ensure_synthetic(params, cache_dir=cfg.cache_dir, splits=splits)
+        if kind == "synthetic":  # COCO file names are relative to the dataset folder
+            return {split: (root / annotation_name(params, split), root) for split in splits}
+        return {split: (root / annotation_name(params, split), root / image_folder(params, split)) for split in splits}
     if kind == "coco":
         root = _root(cfg, "the COCO 2017 folder holding annotations/instances_{train,val}2017.json, train2017/ and "
                           "val2017/, or use dataset=coco_json with explicit paths for other layouts")
@@ -113,7 +118,23 @@ def dataset_paths(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[st
         return {split: tuple(Path(getattr(cfg, f"{split}_{key}")).expanduser() for key in ("ann", "images"))
                 for split in splits}  # type: ignore[misc]
     raise DatasetError(f"dataset.kind={kind!r} is not one of {', '.join(k.value for k in DatasetKind)}. Pick a preset: "
-                       "dataset=synthetic | synthetic_large | coco | coco_json | crowdhuman.")
+                       "dataset=synthetic | synthetic_large | synthetic_crowd | coco | coco_json | crowdhuman.")
+
+
+# The generated presets and the scene each draws (SyntheticParams.scene)
+GENERATED = {"synthetic": "shapes", "synthetic_crowd": "crowd"}
+
+
+def synthetic_params(cfg: Any) -> SyntheticParams:
+    """The generation parameters of a generated preset's ``dataset`` node (its range checks: DatasetError), its
+    scene checked against its kind."""
+    params = SyntheticParams.from_config(cfg)
+    if params.scene != GENERATED[cfg.kind]:
+        preset = next(kind for kind, scene in GENERATED.items() if scene == params.scene)
+        raise DatasetError(f"dataset.scene={params.scene} does not go with dataset.kind={cfg.kind}: the {params.scene} "
+                           f"scenes are written for dataset={preset}. Use that preset (and leave dataset.scene as it "
+                           "sets it).")
+    return params
 
 
 def _check_path(path: Path, key: str, *, folder: bool) -> None:
@@ -136,6 +157,8 @@ def _checked_paths(cfg: Any, splits: Sequence[str]) -> dict[str, tuple[Path, Pat
     """{split: (annotation file, image folder)} of the ``dataset`` node, every one checked before any is read."""
     paths = dataset_paths(cfg, splits)
     prefix = "dataset." if cfg.kind == "coco_json" else f"dataset.root={_value(cfg, 'root')} -> "
+    if cfg.kind in GENERATED:
+        prefix = f"dataset={cfg.kind} (generated into {paths[splits[0]][0].parent}) -> "
     for split in splits:
         _check_path(paths[split][0], f"{prefix}{split}_ann", folder=False)
         _check_path(paths[split][1], f"{prefix}{split}_images", folder=True)
@@ -145,14 +168,14 @@ def _checked_paths(cfg: Any, splits: Sequence[str]) -> dict[str, tuple[Path, Pat
 def check_dataset_paths(cfg: Any) -> None:
     """The keys, annotation files and image folders of a coco / coco_json ``dataset`` node exist (DatasetError); a few
     stat calls, for checking a command before anything is created. The synthetic set needs none (it is generated)."""
-    if cfg.kind != "synthetic":
+    if cfg.kind not in GENERATED:
         _checked_paths(cfg, ["train", "val"])
 
 
 def _dataset(cfg: Any, paths: tuple[Path, Path], *, train: bool, augmentation: str = "1x") -> CocoDetection:
     ann, images = paths
     transforms = build_transforms(train=train, augmentation=augmentation, **transform_sizes(cfg))
-    if cfg.kind == "crowdhuman":
+    if cfg.kind in ("crowdhuman", "synthetic_crowd"):
         return CrowdHumanDetection(ann_file=ann, image_dir=images, transforms=transforms, cache_dir=cfg.cache_dir)
     return CocoDetection(ann_file=ann, image_dir=images, transforms=transforms)
 

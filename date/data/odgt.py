@@ -33,7 +33,7 @@ from tqdm import tqdm
 from date.crowd_metrics import ImageDT, ImageGT
 
 from .errors import DatasetError
-from .synthetic import resolve_cache_dir
+from .cache_dir import resolve_cache_dir
 
 logger = logging.getLogger(__name__)
 

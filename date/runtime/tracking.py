@@ -203,7 +203,8 @@ def dataset_inputs(dataset_cfg: Any, name: str, ann_files: Mapping[str, Path]) -
     """
     from date.data.synthetic import SyntheticParams
 
-    key = SyntheticParams.from_config(dataset_cfg).key() if dataset_cfg.kind == "synthetic" else None
+    generated = dataset_cfg.kind in ("synthetic", "synthetic_crowd")
+    key = SyntheticParams.from_config(dataset_cfg).key() if generated else None
     inputs = {}
     for split, path in ann_files.items():
         digest = hashlib.sha256(f"{key}/{split}".encode()).hexdigest()[:12] if key else _file_digest(Path(path))

@@ -15,7 +15,11 @@ from typing import Optional, Sequence
 
 from date.cli import Entrypoint, compose_checked
 from date.config import TrainConfig, validate
-from date.data.synthetic import CACHE_ENV, SyntheticParams, describe, ensure_synthetic, resolve_cache_dir
+from date.data.build import synthetic_params
+from date.data.synthetic import CACHE_ENV, describe, ensure_synthetic, resolve_cache_dir
+from date.data.synthetic.cache import has_splits
+from date.data.synthetic.statistics import CROWDHUMAN
+from date.data.synthetic.writer import annotation_name
 from date.errors import INPUT_ERRORS
 from date.runtime.logs import errors_as_messages
 
@@ -41,7 +45,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--fresh", action="store_true",
                         help="generate into a temporary cache (timing a cold generation) instead of the real one")
     parser.add_argument("--cache-dir", default=None, help="overrides dataset.cache_dir and $" + CACHE_ENV)
-    parser.add_argument("overrides", nargs="*", help="dataset keys, e.g. num_train=500 (or dataset.num_train=500), or model.size_of_interest=[...]")
+    parser.add_argument("overrides", nargs="*",
+                        help="dataset keys, e.g. num_train=500 (or dataset.num_train=500), or model.size_of_interest=[...]")
     args = parser.parse_args(argv)
     with errors_as_messages(dict.fromkeys(INPUT_ERRORS, 2)):
         return _generate(args)
@@ -51,13 +56,13 @@ def _generate(args: argparse.Namespace) -> int:
     # an override of model.size_of_interest=[...] (the FCOS ranges the statistics use) passes as it is
     composed = compose_checked(ENTRYPOINT, [f"dataset={args.preset}", *map(_dataset_key, args.overrides)])
     cfg = composed.dataset
-    params = SyntheticParams.from_config(cfg)
+    params = synthetic_params(cfg)  # range checks, and the scene against the preset's kind
     with contextlib.ExitStack() as stack:
         cache = args.cache_dir or cfg.cache_dir
         if args.fresh:
             cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="date-synthetic-"))
         folder = resolve_cache_dir(cache) / "synthetic" / params.folder_name()
-        existed = all((folder / f"instances_{split}.json").is_file() for split in ("train", "val"))
+        existed = has_splits(params, folder, ("train", "val"))
         start = time.perf_counter()
         root = ensure_synthetic(params, cache_dir=cache)
         elapsed = time.perf_counter() - start
@@ -66,13 +71,15 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"found in cache ({elapsed:.2f} s)" if existed else f"generated in {elapsed:.2f} s")
         if args.stats:
             for split in ("train", "val"):
-                stats = describe(root / f"instances_{split}.json",
+                stats = describe(root / annotation_name(params, split),
                                  size_of_interest=list(composed.model.size_of_interest),
                                  center_sampling_radius=composed.assigner.fcos_center_sampling)
                 print(f"--- {split}")
                 for k, v in stats.items():
                     if k != "ann_file":
                         print(f"{k}: {v}")
+                if params.scene == "crowd":
+                    print(f"CrowdHuman (train, full boxes): {CROWDHUMAN}")
     return 0
 
 

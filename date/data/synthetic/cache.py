@@ -2,12 +2,13 @@
 
 Layout of the cache (one folder per parameter set, keyed by their hash)::
 
-    <cache>/synthetic/<name>/
-        instances_train.json   instances_val.json   params.json
-        train/000000.png ...   val/000000.png ...
+    <cache>/synthetic/<name>/                       <cache>/synthetic/crowd-<name>/   (scene=crowd)
+        instances_train.json   instances_val.json       annotation_train.odgt   annotation_val.odgt
+        train/000000.png ...   val/000000.png ...       Images/train-000000.jpg ... Images/val-000000.jpg ...
+        params.json                                     params.json
 
-A split is generated when first needed (evaluation generates val alone) and is complete once its
-``instances_<split>.json`` exists.
+A split is generated when first needed (evaluation generates val alone) and is complete once its annotation file
+(writer.annotation_name) exists.
 """
 
 from __future__ import annotations
@@ -23,24 +24,13 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+from date.data.cache_dir import CACHE_ENV, resolve_cache_dir
 from date.data.errors import DatasetError
 
 from .params import GENERATOR_VERSION, SyntheticParams
-from .writer import write_split
+from .writer import annotation_name, image_folder, write_split
 
 logger = logging.getLogger(__name__)
-
-CACHE_ENV = "DATE_DATA_CACHE"
-
-
-def resolve_cache_dir(cache_dir: Optional[str | os.PathLike] = None) -> Path:
-    """Folder holding ``synthetic/<name>`` datasets: ``cache_dir`` if given, else $DATE_DATA_CACHE,
-    else the user cache dir ($XDG_CACHE_HOME or ~/.cache) + ``/date``."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "date"
 
 
 @contextlib.contextmanager
@@ -59,9 +49,9 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _has_splits(folder: Path, splits: Sequence[str]) -> bool:
+def has_splits(params: SyntheticParams, folder: Path, splits: Sequence[str]) -> bool:
     """Whether every split in ``splits`` is complete: its annotation file is moved in last."""
-    return all((folder / f"instances_{split}.json").is_file() for split in splits)
+    return all((folder / annotation_name(params, split)).is_file() for split in splits)
 
 
 def _add_split(params: SyntheticParams, split: str, final: Path, *, workers: int, progress: bool) -> None:
@@ -73,9 +63,15 @@ def _add_split(params: SyntheticParams, split: str, final: Path, *, workers: int
         (tmp / "params.json").write_text(json.dumps(params_blob, indent=1, sort_keys=True) + "\n")
         final.mkdir(exist_ok=True)
         os.replace(tmp / "params.json", final / "params.json")
-        shutil.rmtree(final / split, ignore_errors=True)  # images of a generation killed between the two moves
-        os.rename(tmp / split, final / split)
-        os.rename(tmp / f"instances_{split}.json", final / f"instances_{split}.json")
+        images = image_folder(params, split)
+        if images == split:  # a folder of its own
+            shutil.rmtree(final / split, ignore_errors=True)  # images of a generation killed between the two moves
+            os.rename(tmp / split, final / split)
+        else:  # one folder for both splits (the crowd layout): the split's files move in one by one
+            (final / images).mkdir(exist_ok=True)
+            for image in (tmp / images).iterdir():
+                os.replace(image, final / images / image.name)
+        os.rename(tmp / annotation_name(params, split), final / annotation_name(params, split))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -98,7 +94,7 @@ def ensure_synthetic(
     """
     base = resolve_cache_dir(cache_dir) / "synthetic"
     final = base / params.folder_name()
-    if _has_splits(final, splits):
+    if has_splits(params, final, splits):
         return final
     try:
         base.mkdir(parents=True, exist_ok=True)
@@ -108,7 +104,8 @@ def ensure_synthetic(
             f"(or the {CACHE_ENV} environment variable) at a writable folder."
         ) from e
     with _file_lock(base / f"{final.name}.lock"):
-        missing = [split for split in splits if not _has_splits(final, [split])]  # another process may have added some
+        # another process may have added some while this one waited for the lock
+        missing = [split for split in splits if not has_splits(params, final, [split])]
         if not missing:
             return final
         for stale in base.glob(f"{final.name}.tmp-*"):  # left by a killed generation

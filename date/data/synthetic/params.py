@@ -34,6 +34,8 @@ CLASSES: tuple[ShapeClass, ...] = (
     ShapeClass("ring_yellow", "ring", (235, 215, 40)),
     ShapeClass("ring_yellow_checker", "ring", (235, 215, 40), "checker"),
 )
+SCENES = ("shapes", "crowd")
+CROWD_ONLY = ("scene", "max_ignore_regions")  # fields the shapes scenes do not read (left out of their key)
 # Unlabelled hard negatives: shapes no class has, painted in the classes' colours.
 DISTRACTOR_SHAPES = ("plus", "cross", "frame")
 
@@ -63,6 +65,10 @@ class SyntheticParams:
     border_prob: float = 0.25  # probability that a freely placed object may be cut by the border
     max_distractors: int = 0  # unlabelled distractor shapes per image, uniform in [0, max]
     noise: float = 4.0  # std of the per-pixel Gaussian noise (0..255 scale)
+    # shapes: the scenes above, written as COCO (render.py); crowd: pedestrians in rows and groups, written in
+    # CrowdHuman's odgt layout (crowd.py; dataset=synthetic_crowd), where objects are people of that height range
+    scene: str = "shapes"
+    max_ignore_regions: int = 2  # crowd: distant crowds (ignore regions, tag mask) per image, uniform in [0, max]
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,6 +87,12 @@ class SyntheticParams:
         for name in ("cluster_prob", "min_visible", "min_inside", "border_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 problems.append(f"{name}={getattr(self, name)} (must be in [0, 1])")
+        if self.scene not in SCENES:
+            problems.append(f"scene={self.scene!r} (must be one of {', '.join(SCENES)})")
+        if self.scene == "crowd" and self.min_visible <= 0:
+            problems.append(f"min_visible={self.min_visible} (a crowd scene needs > 0: everyone keeps a visible box)")
+        if self.max_ignore_regions < 0:
+            problems.append(f"max_ignore_regions={self.max_ignore_regions} (must be >= 0)")
         if problems:
             raise DatasetError(
                 "Invalid synthetic dataset parameters: " + "; ".join(problems)
@@ -94,8 +106,14 @@ class SyntheticParams:
 
     def key(self) -> str:
         """Short hash of all parameters and of the generator version."""
-        blob = json.dumps({"version": GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if self.scene == "shapes":  # the keys of shapes datasets from before the crowd scene existed stay valid
+            for name in CROWD_ONLY:
+                del fields[name]
+        blob = json.dumps({"version": GENERATOR_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def folder_name(self) -> str:
+        if self.scene == "crowd":
+            return f"crowd-s{self.seed}-{self.image_size}px-{self.num_train}+{self.num_val}-{self.key()}"
         return f"s{self.seed}-{self.image_size}px-{self.num_train}+{self.num_val}-{self.key()}"

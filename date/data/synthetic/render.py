@@ -24,7 +24,7 @@ from PIL import Image
 
 from .params import CLASSES, DISTRACTOR_SHAPES, SyntheticParams
 
-_SPLIT_CODES = {"train": 0, "val": 1}
+SPLIT_CODES = {"train": 0, "val": 1}
 
 
 def shape_mask(shape: str, h: int, w: int, orientation: int = 0) -> np.ndarray:
@@ -58,7 +58,7 @@ def shape_mask(shape: str, h: int, w: int, orientation: int = 0) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Smooth, desaturated colour field with optional stripes: float32 [S, S, 3]."""
     grid = rng.uniform(50, 200, size=(4, 4, 3))
     grid = 0.6 * grid.mean(axis=2, keepdims=True) + 0.4 * grid  # desaturate: objects pop by colour
@@ -144,7 +144,7 @@ def _sample_items(p: SyntheticParams, rng: np.random.Generator) -> list[_Item]:
     return items
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
+def outline(mask: np.ndarray) -> np.ndarray:
     """Pixels of ``mask`` with a 4-neighbour outside it."""
     padded = np.pad(mask, 1)
     interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
@@ -228,7 +228,7 @@ def _paint(rng: np.random.Generator, scene: _Scene, k: int, it: _Item, mask: np.
     fill = _fill(rng, it.colour, it.texture, h, w)[cy0 - at.y0 : cy1 - at.y0, cx0 - at.x0 : cx1 - at.x0]
     # A dark outline keeps the extent of an occluded object visible where it overlaps a look-alike
     # (two red rectangles would otherwise merge into one blob and its box would be guesswork).
-    fill[_outline(mask)[cy0 - at.y0 : cy1 - at.y0, cx0 - at.x0 : cx1 - at.x0] & m] *= 0.45
+    fill[outline(mask)[cy0 - at.y0 : cy1 - at.y0, cx0 - at.x0 : cx1 - at.x0] & m] *= 0.45
     scene.canvas[cy0:cy1, cx0:cx1][m] = fill[m]
     scene.visible -= at.lost
     scene.owner[cy0:cy1, cx0:cx1][m] = k + 1
@@ -242,9 +242,9 @@ def _paint(rng: np.random.Generator, scene: _Scene, k: int, it: _Item, mask: np.
 def render_image(p: SyntheticParams, split: str, index: int) -> tuple[np.ndarray, list[tuple[int, list[int]]]]:
     """Draw one scene. Returns (uint8 [S, S, 3] RGB, [(label, [x0, y0, x1, y1]), ...]) with boxes in
     pixel edges (x1 exclusive), tight around each labelled object's pixels inside the image."""
-    rng = np.random.default_rng(np.random.SeedSequence([p.seed, _SPLIT_CODES[split], index]))
+    rng = np.random.default_rng(np.random.SeedSequence([p.seed, SPLIT_CODES[split], index]))
     S = p.image_size
-    canvas = _background(rng, S)
+    canvas = background(rng, S)
     items = _sample_items(p, rng)
     n = len(items) + 1
     scene = _Scene(canvas, np.zeros((S, S), np.int32), np.zeros(n), np.zeros(n), np.zeros(n, bool), {})

@@ -1,5 +1,5 @@
-"""Statistics of a COCO-format split (``python -m date.data.synthetic --stats``; any annotation file, not only the
-synthetic benchmark's): objects, sizes, overlaps, and what the one-to-many branch gets from the training's own
+"""Statistics of a COCO-format or odgt split (``python -m date.data.synthetic --stats``; any annotation file, not
+only the synthetic benchmark's): objects, sizes, overlaps, and what the one-to-many branch gets from the training's own
 FCOS assigner (date/assign/one_to_many.py) on each image's padded feature grids.
 
 Legend: K = objects of an image, N = locations over all FPN levels.
@@ -20,10 +20,16 @@ import torch
 from date.assign import FCOSAssigner
 from date.box_ops import batched_pairwise_iou
 from date.criterion import pad_targets
+from date.data.crowdhuman import odgt_to_coco
+from date.data.odgt import image_sizes, read_ground_truth
 from date.modeling.detector import Locations
 
 LEVELS = ("P3", "P4", "P5", "P6", "P7")
 _IOU_THRESHOLDS = (0.3, 0.5, 0.7)
+# CrowdHuman's full-body boxes, as the CrowdHuman paper reports them: pairs per image at IoU >= 0.3 / 0.5 / 0.7
+# (about 9 / 2.4 / 0.3), persons per image (22.6), and about 10% of the boxes ignore regions
+CROWDHUMAN = {"pairs_per_image": {"iou>=0.3": 9.0, "iou>=0.5": 2.4, "iou>=0.7": 0.3}, "objects_per_image": 22.6,
+              "ignore_share_pct": 10.0}
 
 
 def fcos_level(extent: float, size_of_interest: Sequence[float]) -> int:
@@ -115,6 +121,19 @@ def _all_o2m_positives(found: _Objects, assigner: FCOSAssigner, strides: Sequenc
     return per_level, per_object
 
 
+def _read_annotations(ann_file: Path) -> dict:
+    """The COCO dict of a COCO JSON file, or of an odgt file (date.data.crowdhuman's conversion: fboxes as written,
+    ignore regions as iscrowd; sizes from the records' height and width, else from the headers of ``Images/``)."""
+    if ann_file.suffix != ".odgt":
+        return json.loads(ann_file.read_text())
+    records = read_ground_truth(ann_file)
+    if all(r.width is not None and r.height is not None for r in records):
+        sizes = {r.id: (int(r.width), int(r.height)) for r in records}
+    else:
+        sizes = image_sizes(records, ann_file.parent / "Images", ann_file)
+    return odgt_to_coco(records, sizes)
+
+
 def _box_pairs(found: _Objects) -> dict[str, int]:
     """Pairs of boxes of the same image at IoU >= each threshold."""
     pairs = dict.fromkeys(_IOU_THRESHOLDS, 0)
@@ -135,7 +154,7 @@ def describe(
     size_divisibility: int = 128,
     center_sampling_radius: Optional[float] = None,
 ) -> dict[str, Any]:
-    """Statistics of a COCO-format split.
+    """Statistics of a COCO-format split (or an odgt one: its full-body boxes as written, ignore regions apart).
 
     Two views of the FPN level usage: ``objects_per_level`` puts each object on the level of its
     centre location (extent max(w, h) / 2), ``positive_locations_per_level`` counts the positives of the
@@ -144,11 +163,12 @@ def describe(
     ``o2m_positives_per_object`` (mean and quartiles) is what the one-to-many branch gets per object;
     ``objects_without_positive`` get none.
     """
-    found = _read_objects(json.loads(Path(ann_file).read_text()), size_of_interest)
+    found = _read_objects(_read_annotations(Path(ann_file)), size_of_interest)
     assigner = FCOSAssigner(strides=tuple(strides), size_of_interest=tuple(size_of_interest),
                             center_sampling_radius=center_sampling_radius)
     positives, per_object = _all_o2m_positives(found, assigner, strides, size_divisibility)
     counts = [len(v) for v in found.boxes.values()]
+    pairs = _box_pairs(found)
     n_obj, without = sum(counts), sum(c == 0 for c in per_object)
     return {
         "ann_file": str(ann_file),
@@ -171,5 +191,7 @@ def describe(
         "aspect_w_over_h": {"min": round(min(found.aspects, default=0), 3),
                             "max": round(max(found.aspects, default=0), 3)},
         "objects_touching_border": int(found.border),
-        "same_image_box_pairs": _box_pairs(found),
+        "same_image_box_pairs": pairs,
+        "pairs_per_image": {k: round(v / max(1, len(counts)), 2) for k, v in pairs.items()},
+        "ignore_share_pct": round(100 * found.crowd / max(1, n_obj + found.crowd), 1),
     }

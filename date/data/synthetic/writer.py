@@ -1,8 +1,10 @@
-"""Writing one split of the synthetic benchmark as a COCO-format dataset: its PNG images and its annotation file.
+"""Writing one split of the synthetic benchmark: its images and its annotation file.
 
-Layout written under ``root``::
+Layout written under ``root``: the shapes scenes as a COCO dataset, the crowd scenes in CrowdHuman's odgt layout
+(the one date.data.crowdhuman reads)::
 
-    instances_<split>.json   <split>/000000.png ...
+    shapes:  instances_<split>.json   <split>/000000.png ...
+    crowd:   annotation_<split>.odgt  Images/<split>-000000.jpg ...
 
 Worker processes do not change the output: every image is drawn from its own seed (see render.py).
 """
@@ -18,12 +20,31 @@ from typing import Iterator
 from PIL import Image
 from tqdm import tqdm
 
+from .crowd import render_crowd
 from .params import CLASSES, GENERATOR_VERSION, SyntheticParams
 from .render import render_image
 
 
-def _render_and_save(task: tuple[SyntheticParams, str, int, str]) -> list[tuple[int, list[int]]]:
+def annotation_name(p: SyntheticParams, split: str) -> str:
+    """The annotation file of ``split``, moved into the dataset folder last (a split is complete once it exists)."""
+    return f"annotation_{split}.odgt" if p.scene == "crowd" else f"instances_{split}.json"
+
+
+def image_folder(p: SyntheticParams, split: str) -> str:
+    """The folder of ``split``'s images (the crowd layout keeps both splits in one, as CrowdHuman does)."""
+    return "Images" if p.scene == "crowd" else split
+
+
+def _image_name(p: SyntheticParams, split: str, index: int) -> str:
+    return f"{split}-{index:06d}.jpg" if p.scene == "crowd" else f"{index:06d}.png"
+
+
+def _render_and_save(task: tuple[SyntheticParams, str, int, str]) -> list:
     p, split, index, path = task
+    if p.scene == "crowd":  # CrowdHuman's images are JPEGs; fixed quality, no metadata: byte-identical files
+        image, gtboxes = render_crowd(p, split, index)
+        Image.fromarray(image).save(path, format="JPEG", quality=95)
+        return gtboxes
     image, objects = render_image(p, split, index)
     # Fixed compression and no metadata chunks: byte-identical files for identical pixels.
     Image.fromarray(image).save(path, format="PNG", compress_level=1)
@@ -47,12 +68,12 @@ def _coco_annotations(objects: list[tuple[int, list[int]]], image_id: int, first
 
 
 def write_split(p: SyntheticParams, split: str, root: Path, *, workers: int, progress: bool) -> None:
-    """Render ``split`` into the new folder ``root / split`` and write ``root / instances_<split>.json``."""
+    """Render ``split`` into the new folder ``root / image_folder(p, split)`` and write its annotation file
+    ``root / annotation_name(p, split)``."""
     n = p.num_train if split == "train" else p.num_val
-    (root / split).mkdir()
-    names = [f"{split}/{i:06d}.png" for i in range(n)]
+    (root / image_folder(p, split)).mkdir()
+    names = [f"{image_folder(p, split)}/{_image_name(p, split, i)}" for i in range(n)]
     tasks = [(p, split, i, str(root / names[i])) for i in range(n)]
-    bar = tqdm(total=n, desc=f"synthetic {split}", unit="img", disable=not progress, file=sys.stderr)
     with contextlib.ExitStack() as stack:
         if workers > 1:
             import multiprocessing
@@ -61,13 +82,27 @@ def write_split(p: SyntheticParams, split: str, root: Path, *, workers: int, pro
             results: Iterator = pool.imap(_render_and_save, tasks, chunksize=16)
         else:
             results = map(_render_and_save, tasks)
-        images, annotations = [], []
-        for i, objects in enumerate(results):
-            images.append({"id": i + 1, "file_name": names[i], "width": p.image_size, "height": p.image_size})
-            # ids start at 1: COCOeval treats id 0 as "unmatched"
-            annotations += _coco_annotations(objects, image_id=i + 1, first_id=len(annotations) + 1)
-            bar.update(1)
-    bar.close()
+        results = list(tqdm(results, total=n, desc=f"synthetic {split}", unit="img", disable=not progress,
+                            file=sys.stderr))
+    if p.scene == "crowd":
+        _write_odgt(root / annotation_name(p, split), names, results, p.image_size)
+    else:
+        _write_coco(root / annotation_name(p, split), names, results, p)
+
+
+def _write_odgt(path: Path, names: list[str], results: list[list[dict]], size: int) -> None:
+    """One JSON line per image, as CrowdHuman's annotation files (ID = the file name without .jpg)."""
+    lines = [json.dumps({"ID": Path(name).stem, "gtboxes": gtboxes, "height": size, "width": size},
+                        separators=(",", ":")) for name, gtboxes in zip(names, results)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _write_coco(path: Path, names: list[str], results: list[list[tuple[int, list[int]]]], p: SyntheticParams) -> None:
+    images, annotations = [], []
+    for i, objects in enumerate(results):
+        images.append({"id": i + 1, "file_name": names[i], "width": p.image_size, "height": p.image_size})
+        # ids start at 1: COCOeval treats id 0 as "unmatched"
+        annotations += _coco_annotations(objects, image_id=i + 1, first_id=len(annotations) + 1)
     dataset = {
         "info": {"description": "DATE synthetic detection benchmark", "version": str(GENERATOR_VERSION)},
         "images": images,
@@ -76,4 +111,4 @@ def write_split(p: SyntheticParams, split: str, root: Path, *, workers: int, pro
             {"id": c + 1, "name": CLASSES[c].name, "supercategory": CLASSES[c].shape} for c in range(p.num_classes)
         ],
     }
-    (root / f"instances_{split}.json").write_text(json.dumps(dataset, separators=(",", ":")))
+    path.write_text(json.dumps(dataset, separators=(",", ":")))
