@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 import date.config  # noqa: F401  (registers the schemas conf/*.yaml build on, for Hydra's compose API)
+from date.runtime import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,10 +78,32 @@ def slurm_cluster() -> None:
                     "tests/slurm/stop.sh). .ci/run does both.", pytrace=False)
 
 
+def shared_tmp(tmp_path_factory) -> Path:
+    """The session's temporary folder that every xdist worker sees (each worker's own basetemp lies in it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path):
+    """Held by one process at a time (an flock on ``lock``): the first worker makes what the others then read."""
+    import fcntl
+
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory) -> Path:
-    """One synthetic-data cache for the whole session (each small set is generated once)."""
-    return tmp_path_factory.mktemp("data_cache")
+    """One synthetic-data cache for the whole session, shared by the xdist workers (each small set is generated
+    once: the generator's own lock and atomic renames keep concurrent generations apart)."""
+    path = shared_tmp(tmp_path_factory) / "data_cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture
@@ -101,8 +124,9 @@ def migrated_store(data_cache: Path) -> Path:
     if not path.exists():
         from mlflow.tracking import MlflowClient
 
-        MlflowClient(tracking_uri=f"sqlite:///{path}.tmp").search_experiments()
-        os.replace(f"{path}.tmp", path)
+        tmp = f"{path}.{os.getpid()}.tmp"  # xdist workers may make it at the same time: the last rename wins
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()
+        os.replace(tmp, path)
     return path
 
 
@@ -228,13 +252,17 @@ class ReferenceRun:
 
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory, data_cache) -> ReferenceRun:
-    """`python -m date.train <RESUMABLE>`, uninterrupted: trained once per session, read by the tests (never
-    written: each resumes its own run in its own dir and store)."""
-    root = tmp_path_factory.mktemp("reference")
-    env = sandbox_env(root, data_cache)
-    result = run_module("date.train", [*RESUMABLE, f"hydra.run.dir={root / 'run'}"], env=env, cwd=root, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return ReferenceRun(root / "run", env["MLFLOW_TRACKING_URI"])
+    """`python -m date.train <RESUMABLE>`, uninterrupted: trained once per session by the first xdist worker that
+    asks, read by the tests of every worker (never written: each resumes its own run in its own dir and store)."""
+    root = shared_tmp(tmp_path_factory) / "reference"
+    with exclusive(root.with_suffix(".lock")):
+        if not (root / "run" / ckpt.FINAL).exists():  # a failed try of another worker is tried again
+            shutil.rmtree(root, ignore_errors=True)
+            env = sandbox_env(root, data_cache)
+            result = run_module("date.train", [*RESUMABLE, f"hydra.run.dir={root / 'run'}"], env=env, cwd=root,
+                                timeout=600)
+            assert result.returncode == 0, result.stderr[-3000:]
+    return ReferenceRun(root / "run", f"sqlite:///{root / 'mlflow.db'}")
 
 
 def free_port() -> int:
@@ -244,16 +272,20 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """`mlflow server` on 127.0.0.1 with a SQLite store; stopped by its PID (and its own process group)."""
+    """`mlflow server` on 127.0.0.1 with a SQLite store (a copy of ``template``, an empty migrated store, when
+    given: it spares the server's start the migrations); stopped by its PID (and its own process group)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, template: Path | None = None):
         self.root = root
+        self.template = template
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90.0) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.template is not None and not (self.root / "mlflow.db").exists():
+            shutil.copyfile(self.template, self.root / "mlflow.db")
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
@@ -290,18 +322,18 @@ class MlflowServer:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
+def mlflow_server(tmp_path_factory, data_cache):
     """One server for the session: a test on it logs to an experiment of its own (tracking.experiment=...)."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow_server"))
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow_server"), migrated_store(data_cache))
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def restartable_mlflow_server(tmp_path):
+def restartable_mlflow_server(tmp_path, data_cache):
     """A server of the test's own, which the test may stop and start again (same port, same store)."""
-    server = MlflowServer(tmp_path / "mlflow_server")
+    server = MlflowServer(tmp_path / "mlflow_server", migrated_store(data_cache))
     server.start()
     yield server
     server.stop()
