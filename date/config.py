@@ -199,8 +199,7 @@ class OptimConfig:  # AdamW
 
 @dataclass
 class TrackingConfig:  # MLflow
-    # null: $MLFLOW_TRACKING_URI, else sqlite:///$DATE_HOME/mlflow.db (DATE_HOME: ~/.local/share/date);
-    # or http://host:port
+    # null: $MLFLOW_TRACKING_URI, else sqlite:///$DATE_HOME/mlflow.db (DATE_HOME ~/.local/share/date); or http://...
     uri: Optional[str] = None
     experiment: str = checked("date", bool, "a non-empty name")  # MLflow experiment name
     # MLflow's system/* metrics (CPU, memory, disk, network) sampled every 10 s into the run
@@ -262,6 +261,8 @@ class EvaluateConfig:
     num_workers: int = at_least(2, 0)  # data-loading processes (0: the main process)
     out: Optional[str] = None  # also write {"AP": ..., ...} as JSON to this file (refused: the checkpoint, a folder)
     overwrite: bool = False  # true: out= may replace an existing file that is not an earlier evaluation JSON
+    # FCOS (assigner=o2m): NMS at this IoU instead of the checkpoint's model.nms_thresh (null: the checkpoint's)
+    nms_thresh: Optional[float] = checked(None, lambda v: v is None or 0.0 < v <= 1.0, "an IoU in (0, 1], or null")
 
 
 @dataclass

@@ -1,13 +1,15 @@
 """Evaluate a checkpoint alone: ``python -m date.evaluate checkpoint=<model_final.pth | last.pth> [out=eval.json]``.
 
 The detector and dataset configs are read from the checkpoint (``dataset=<preset> dataset.key=...``
-replaces the dataset); only the validation split is built. Prints the 12 COCO numbers and, with ``out=``, writes
+replaces the dataset; ``nms_thresh=`` an FCOS baseline's NMS IoU); only the validation split is built. Prints the
+12 COCO numbers (and CrowdHuman's four on a CrowdHuman-format dataset) and, with ``out=``, writes
 them as JSON (atomically). Writes nothing else: no run dir, no log file (the log is the console's). Bad input
 (the output path included: not the checkpoint, not a folder, writable) ends with a message and exit code 2
 before the evaluation starts, as in date.train; a failed write of ``out`` with exit code 1.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -60,6 +62,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     dataset_cfg = cfg.dataset if cfg.dataset is not None else checkpoint_config(saved).dataset
     val_set = build_val_dataset(dataset_cfg)
     model = detector_from_checkpoint(saved, num_classes=val_set.num_classes)
+    if cfg.nms_thresh is not None:
+        if model.inference_branch != "o2m":
+            raise ConfigError(f"nms_thresh={cfg.nms_thresh}: {checkpoint} is a one-to-one detector (it infers "
+                              "without NMS); nms_thresh applies to the FCOS baseline (assigner=o2m) only. Leave it out.")
+        model.decoding = dataclasses.replace(model.decoding, nms_thresh=float(cfg.nms_thresh))
     model.to(device)
     stats, results = evaluate(model=model, loader=build_eval_loader(val_set, batch_size=cfg.batch_size,
                                                                     num_workers=cfg.num_workers),
@@ -87,7 +94,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
 ENTRYPOINT = cli.Entrypoint(
     module="date.evaluate", config_name="evaluate", schema=EvaluateConfig, sections={"dataset": DatasetConfig},
     renamed={"output": "out"}, check_config=check_ranges,
-    usage="python -m date.evaluate checkpoint=<model_final.pth | last.pth> [out=eval.json] [key=value ...]",
+    usage="python -m date.evaluate checkpoint=<model_final.pth | last.pth> [out=eval.json] [nms_thresh=0.5] "
+          "[key=value ...]",
     about="Evaluates a checkpoint of date.train with COCOeval on the val split of its dataset (or of "
           "dataset=<preset> dataset.<key>=..., the keys of `python -m date.train --help`) and prints the 12 "
           "numbers; out= also writes them as JSON. Writes nothing else.",

@@ -55,9 +55,11 @@ def pytest_configure(config) -> None:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """The xdist groups (the SLURM tests, the modules whose tests share a training fixture: a minute or more each)
-    are handed out first, so that the workers do not end with one of them left (xdist deals work in this order)."""
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable: file order otherwise
+    """The longest work is handed out first, so that the workers end together on short tests (xdist deals work in
+    this order): the xdist groups (the SLURM tests, the modules whose tests share a training fixture: a minute or
+    more each), then the other `slow` tests (a training or a Python process each), then the rest."""
+    items.sort(key=lambda item: (item.get_closest_marker("xdist_group") is None,
+                                 item.get_closest_marker("slow") is None))  # stable: file order otherwise
 
 
 @pytest.fixture(scope="session")

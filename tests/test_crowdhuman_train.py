@@ -3,11 +3,13 @@ transforms, loader, COCO evaluation), and bad odgt input stops it before the mod
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
 
 from conftest import run_in_process, run_module
+from date.runtime import checkpoint as ckpt
 
 try:
     from data_fixtures.crowdhuman import write_crowdhuman, write_odgt
@@ -45,6 +47,49 @@ def test_a_tiny_crowdhuman_dataset_trains(tmp_path, train_env):
     for key in crowd:
         shown = re.search(rf"{key.removeprefix('val/')} (\d\.\d{{4}})", evaluated.stdout)
         assert shown and float(shown.group(1)) == pytest.approx(history[-1][key], abs=1e-4), (key, evaluated.stdout)
+    # nms_thresh is the FCOS baseline's: a one-to-one detector infers without NMS, so it is refused
+    refused = run_in_process("date.evaluate", [f"checkpoint={run_dir / 'model_final.pth'}", "nms_thresh=0.5"],
+                             env=train_env, cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert "nms_thresh=0.5: " in refused.stderr and "applies to the FCOS baseline (assigner=o2m) only" in refused.stderr
+
+
+def _last_numbers(output: str) -> str:
+    """The last evaluation's detection count, COCO and CrowdHuman numbers as a training or date.evaluate logs them."""
+    count = re.findall(r"on \d+ images, (\d+) detections", output)[-1]
+    coco = re.findall(r"AP (\d\.\d{4})  AP50 (\d\.\d{4})  AP75 (\d\.\d{4})", output)[-1]
+    crowd = re.findall(r"(?:crowd/)?AP (\d\.\d{4})\s+(?:crowd/mMR|MR\^-2) (\d\.\d{4})\s+(?:crowd/)?JI (\d\.\d{4})\s+"
+                       r"(?:crowd/)?recall (\d\.\d{4})", output)[-1]
+    return " ".join([count, *coco, *crowd])
+
+
+@pytest.mark.slow
+def test_fcos_evaluated_at_another_nms_threshold_is_that_threshold_in_its_config(tmp_path, train_env):
+    """`date.evaluate nms_thresh=T` on an FCOS checkpoint gives what the same weights with model.nms_thresh=T in the
+    checkpoint's config give: one training serves every threshold. The trained boxes are widened by hand (the o2m
+    box bias + log 12: ltrb of ~12 px around locations 8 px apart) and every score kept, so that NMS has overlaps
+    to remove and its threshold shows."""
+    root = write_crowdhuman(tmp_path / "crowdhuman")
+    trained = run_module("date.train", ["dataset=crowdhuman", f"dataset.root={root}", "assigner=o2m",
+                                        "model.prior_prob=0.5", "model.detections_per_img=1000", *TINY],
+                         env=train_env, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (final,) = tmp_path.glob("outputs/**/model_final.pth")
+    saved = ckpt.load(final)
+    saved["model"]["head.predictors.o2m.box.bias"] += math.log(12.0)
+    at_06, at_03 = tmp_path / "nms06.pth", tmp_path / "nms03.pth"
+    assert saved["config"]["model"]["nms_thresh"] == 0.6
+    ckpt.save_atomic(saved, at_06)
+    saved["config"]["model"]["nms_thresh"] = 0.3
+    ckpt.save_atomic(saved, at_03)
+
+    def evaluated(checkpoint, *args) -> str:
+        result = run_in_process("date.evaluate", [f"checkpoint={checkpoint}", "num_workers=0", *args], env=train_env,
+                                cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return _last_numbers(result.stdout + result.stderr)
+    assert evaluated(at_06, "nms_thresh=0.3") == evaluated(at_03)
+    assert evaluated(at_03, "nms_thresh=0.6") == evaluated(at_06) != evaluated(at_03)  # the threshold shows
 
 
 def test_bad_odgt_input_stops_before_the_model_with_one_message(tmp_path, train_env):
