@@ -65,7 +65,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.nms_thresh is not None:
         if model.inference_branch != "o2m":
             raise ConfigError(f"nms_thresh={cfg.nms_thresh}: {checkpoint} is a one-to-one detector (it infers "
-                              "without NMS); nms_thresh applies to the FCOS baseline (assigner=o2m) only. Leave it out.")
+                              "without NMS); nms_thresh applies to the FCOS baseline (assigner=o2m) only. "
+                              "Leave it out.")
         model.decoding = dataclasses.replace(model.decoding, nms_thresh=float(cfg.nms_thresh))
     model.to(device)
     stats, results = evaluate(model=model, loader=build_eval_loader(val_set, batch_size=cfg.batch_size,

@@ -152,7 +152,8 @@ def seeds(folder: Path) -> dict:
         n, why = SEED_CEILING, "a comparison no n reaches with 80% power (or no spread): the ceiling"
     else:
         n = min(max(max(known), SEED_FLOOR), SEED_CEILING)
-        why = "as computed" if n == max(known) else ("raised to the floor" if n > max(known) else "capped at the ceiling")
+        why = ("as computed" if n == max(known)
+               else "raised to the floor" if n > max(known) else "capped at the ceiling")
     command = f"python experiments/crowd_study.py seeds {folder}"
     lines = ["# The crowd study's seed count, from its pilot", "",
              f"`{command}` at commit {commit()}; pilot seeds {sorted(evals['o2o'])}. Rule (experiments/README.md, "

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 import date.config  # noqa: F401  (registers the schemas conf/*.yaml build on, for Hydra's compose API)
+from date.data.synthetic.cache import file_lock
 from date.runtime import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,19 +85,6 @@ def shared_tmp(tmp_path_factory) -> Path:
     """The session's temporary folder that every xdist worker sees (each worker's own basetemp lies in it)."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
-
-
-@contextlib.contextmanager
-def exclusive(lock: Path):
-    """Held by one process at a time (an flock on ``lock``): the first worker makes what the others then read."""
-    import fcntl
-
-    with open(lock, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
@@ -257,7 +245,7 @@ def reference_run(tmp_path_factory, data_cache) -> ReferenceRun:
     """`python -m date.train <RESUMABLE>`, uninterrupted: trained once per session by the first xdist worker that
     asks, read by the tests of every worker (never written: each resumes its own run in its own dir and store)."""
     root = shared_tmp(tmp_path_factory) / "reference"
-    with exclusive(root.with_suffix(".lock")):
+    with file_lock(root.with_suffix(".lock")):  # the first worker trains it, the others wait and read it
         if not (root / "run" / ckpt.FINAL).exists():  # a failed try of another worker is tried again
             shutil.rmtree(root, ignore_errors=True)
             env = sandbox_env(root, data_cache)

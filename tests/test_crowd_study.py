@@ -76,7 +76,8 @@ def test_the_seed_count_is_the_largest_need_of_the_primary_comparisons_clamped(t
     else:
         expected = min(max(max(needs), crowd_study.SEED_FLOOR), crowd_study.SEED_CEILING)
     assert result["n"] == expected
-    assert {"computed": "as computed", "floor": "raised to the floor", "ceiling": "ceiling"}[expected_rule] in result["why"]
+    words = {"computed": "as computed", "floor": "raised to the floor", "ceiling": "ceiling"}
+    assert words[expected_rule] in result["why"]
     assert f"**N = {expected}** pairs" in (tmp_path / "seed_counts.md").read_text()
 
 

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """Exclusive lock, so that concurrent ranks/jobs generate a dataset once (others wait)."""
     try:
         import fcntl
@@ -103,7 +103,7 @@ def ensure_synthetic(
             f"Cannot create the synthetic dataset cache folder {base}: {e}. Point dataset.cache_dir "
             f"(or the {CACHE_ENV} environment variable) at a writable folder."
         ) from e
-    with _file_lock(base / f"{final.name}.lock"):
+    with file_lock(base / f"{final.name}.lock"):
         # another process may have added some while this one waited for the lock
         missing = [split for split in splits if not has_splits(params, final, [split])]
         if not missing:
