@@ -16,7 +16,7 @@
 # (experiments/results/crowd_study[/pilot]). Extra arguments are Hydra overrides for every training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=  # pre-registered: the study's pairs, from the pilot (experiments/results/crowd_study/pilot/seed_counts.md)
+N=5  # pre-registered: the study's pairs, from the pilot (experiments/results/crowd_study/pilot/seed_counts.md)
 STAGE=${1:?usage: experiments/crowd_study.sh pilot|study [overrides]}
 shift
 case $STAGE in
