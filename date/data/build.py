@@ -123,6 +123,8 @@ def dataset_paths(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[st
 
 # The generated presets and the scene each draws (SyntheticParams.scene)
 GENERATED = {"synthetic": "shapes", "synthetic_crowd": "crowd"}
+# The kinds read in CrowdHuman's odgt layout (by CrowdHumanDetection, with CrowdHuman's metrics)
+ODGT_KINDS = ("crowdhuman", "synthetic_crowd")
 
 
 def synthetic_params(cfg: Any) -> SyntheticParams:
@@ -175,7 +177,7 @@ def check_dataset_paths(cfg: Any) -> None:
 def _dataset(cfg: Any, paths: tuple[Path, Path], *, train: bool, augmentation: str = "1x") -> CocoDetection:
     ann, images = paths
     transforms = build_transforms(train=train, augmentation=augmentation, **transform_sizes(cfg))
-    if cfg.kind in ("crowdhuman", "synthetic_crowd"):
+    if cfg.kind in ODGT_KINDS:
         return CrowdHumanDetection(ann_file=ann, image_dir=images, transforms=transforms, cache_dir=cfg.cache_dir)
     return CocoDetection(ann_file=ann, image_dir=images, transforms=transforms)
 
