@@ -118,3 +118,14 @@ def power_analysis(variant: Sequence[float], baseline: Sequence[float], *, paire
                          n_needed=n_for_power(effect, sd, paired=paired, power=power, alpha=alpha),
                          detectable=detectable_effect(sd, a.size, n_b, power=power, alpha=alpha),
                          power=power, alpha=alpha)
+
+
+def seed_count(needed: Sequence[Optional[int]], floor: int, ceiling: int) -> tuple[int, str]:
+    """A pre-registered study's pair count from its pilot: the largest of the pairs each primary comparison needs
+    (``n_for_power``; None when no n reaches the power or the pilot shows no spread), clamped to [floor, ceiling].
+    Returns the count and why it is that number, for the report."""
+    known = [n for n in needed if n is not None]
+    if not known or len(known) < len(needed):
+        return ceiling, "a comparison no n reaches with 80% power (or no spread): the ceiling"
+    n = min(max(max(known), floor), ceiling)
+    return n, ("as computed" if n == max(known) else "raised to the floor" if n > max(known) else "capped at the ceiling")

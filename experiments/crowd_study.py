@@ -30,7 +30,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 
-from analysis.power import n_for_power  # noqa: E402
+from analysis.power import n_for_power, seed_count  # noqa: E402
 from analysis.stats import holm, paired_t, summarize  # noqa: E402
 
 NMS_THRESHOLDS = ("0.5", "0.6", "0.7")
@@ -147,13 +147,7 @@ def seeds(folder: Path) -> dict:
         needed_all.append(needed)
         rows.append({"comparison": f"{NAMES[v]} − {NAMES[b]}", "metric": METRICS[m], "delta": c.delta, "sd": c.sd,
                      "n_needed": needed})
-    known = [n for n in needed_all if n is not None]
-    if len(known) < len(needed_all) or not known:
-        n, why = SEED_CEILING, "a comparison no n reaches with 80% power (or no spread): the ceiling"
-    else:
-        n = min(max(max(known), SEED_FLOOR), SEED_CEILING)
-        why = ("as computed" if n == max(known)
-               else "raised to the floor" if n > max(known) else "capped at the ceiling")
+    n, why = seed_count(needed_all, SEED_FLOOR, SEED_CEILING)
     command = f"python experiments/crowd_study.py seeds {folder}"
     lines = ["# The crowd study's seed count, from its pilot", "",
              f"`{command}` at commit {commit()}; pilot seeds {sorted(evals['o2o'])}. Rule (experiments/README.md, "

@@ -1,0 +1,193 @@
+"""The NMS-free study's tables (experiments/README.md, "nms_free_study"; issue 23, item 3): does DATE need NMS on
+this benchmark, and does 3DMF bring NMS's gain to about 0?
+
+    python experiments/nms_free_study.py analyse experiments/results/nms_free_study/1x        # results.md / .json
+    python experiments/nms_free_study.py seeds experiments/results/nms_free_study/1x/pilot    # seed_counts.md
+
+Reads what experiments/nms_free_study.sh writes, ``<folder>/evals/s<seed>_<variant>/duplicates.json``
+(``python -m analysis.duplicates`` on one final checkpoint: AP of the raw top-100 and after NMS, duplicate rates),
+for POTO and DATE, each with and without 3DMF. A run's *NMS gain* is its AP after NMS minus its AP without. Seeds
+pair the variants: every comparison is paired (analysis.stats.paired_t: mean difference, 95% t-interval, p).
+
+The pre-registered family (Holm over these three): DATE's NMS gain (is it 0?), 3DMF's change of DATE's NMS gain,
+and 3DMF's change of DATE's AP without NMS. "3DMF brings NMS's gain to about 0" holds when the 95% interval of
+DATE+3DMF's NMS gain lies inside +-EQUIVALENCE AP. ``seeds``: the study's pair count from the pilot by the rule
+written before it ran: for each primary comparison the pairs a paired t-test needs for 80% power at two-sided
+alpha 0.05 with the pilot's mean difference and sd taken as true; the largest, clamped to [SEED_FLOOR, SEED_CEILING].
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+from analysis.power import n_for_power, seed_count  # noqa: E402
+from analysis.stats import holm, paired_t, summarize  # noqa: E402
+
+VARIANTS = ("o2o", "dual", "o2o_3dmf", "dual_3dmf")
+NAMES = {"o2o": "POTO", "dual": "DATE", "o2o_3dmf": "POTO+3DMF", "dual_3dmf": "DATE+3DMF"}
+# quantity -> (label, how to read it from a duplicates.json row); AP and rates as fractions
+QUANTITIES = {"ap_raw": "AP no NMS", "ap_nms": "AP NMS", "gain": "NMS gain (AP)",
+              "duplicate_rate_raw": "dup. rate no NMS", "duplicate_rate_nms": "dup. rate NMS"}
+# (label, variant, quantity, baseline variant, baseline quantity): variant.quantity - baseline.quantity, paired
+PRIMARY = [("DATE: NMS gain", "dual", "ap_nms", "dual", "ap_raw"),
+           ("DATE: 3DMF's change of the NMS gain", "dual_3dmf", "gain", "dual", "gain"),
+           ("DATE: 3DMF's change of AP without NMS", "dual_3dmf", "ap_raw", "dual", "ap_raw")]
+SECONDARY = [("POTO: NMS gain", "o2o", "ap_nms", "o2o", "ap_raw"),
+             ("POTO: 3DMF's change of the NMS gain", "o2o_3dmf", "gain", "o2o", "gain"),
+             ("POTO: 3DMF's change of AP without NMS", "o2o_3dmf", "ap_raw", "o2o", "ap_raw"),
+             ("DATE+3DMF: NMS gain", "dual_3dmf", "ap_nms", "dual_3dmf", "ap_raw"),
+             ("POTO+3DMF: NMS gain", "o2o_3dmf", "ap_nms", "o2o_3dmf", "ap_raw"),
+             ("DATE − POTO, no NMS", "dual", "ap_raw", "o2o", "ap_raw"),
+             ("DATE+3DMF − POTO+3DMF, no NMS", "dual_3dmf", "ap_raw", "o2o_3dmf", "ap_raw"),
+             ("DATE+3DMF without NMS − DATE with NMS", "dual_3dmf", "ap_raw", "dual", "ap_nms"),
+             ("DATE: NMS's change of the duplicate rate", "dual", "duplicate_rate_nms", "dual", "duplicate_rate_raw")]
+EQUIVALENCE = 0.005  # AP (0.5 points): an NMS gain whose 95% interval lies inside +-this is "about 0"
+SEED_FLOOR, SEED_CEILING = 4, 6  # pairs: a paired interval's floor; the CPU budget (4 runs a seed, ~7 min each)
+EVAL_DIR = re.compile(r"s(\d+)_(.+)")
+
+
+def read_evals(folder: Path) -> dict[str, dict[int, dict[str, float]]]:
+    """{variant: {seed: {quantity: value}}} from ``folder/evals``; refuses unknown variants and incomplete seeds."""
+    found: dict[str, dict[int, dict[str, float]]] = {v: {} for v in VARIANTS}
+    for path in sorted((folder / "evals").glob("*/duplicates.json")):
+        match = EVAL_DIR.fullmatch(path.parent.name)
+        if match is None or match.group(2) not in found:
+            sys.exit(f"{path}: not an evaluation of the study (evals/s<seed>_<{'|'.join(VARIANTS)}>/duplicates.json)")
+        (row,) = json.loads(path.read_text())  # one checkpoint per call of analysis.duplicates
+        found[match.group(2)][int(match.group(1))] = {**{q: row[q] for q in QUANTITIES if q != "gain"},
+                                                      "gain": row["ap_nms"] - row["ap_raw"]}
+    seeds = set().union(*found.values())
+    if not seeds:
+        sys.exit(f"{folder / 'evals'}: no evaluation; run experiments/nms_free_study.sh first")
+    incomplete = sorted(s for s in seeds if any(s not in found[v] for v in VARIANTS))
+    if incomplete:
+        sys.exit(f"{folder / 'evals'}: seeds {incomplete} lack a variant (rerun experiments/nms_free_study.sh to "
+                 "finish them): every comparison is paired")
+    return found
+
+
+def compare(evals, variant: str, quantity: str, baseline: str, base_quantity: str):
+    seeds = sorted(evals[variant])
+    return paired_t([evals[variant][s][quantity] for s in seeds], [evals[baseline][s][base_quantity] for s in seeds])
+
+
+def commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip() or "unknown"
+
+
+def _points(value: float, low_high=None) -> str:
+    cell = f"{100 * value:+.2f}"
+    return cell if low_high is None else f"{cell} [{100 * low_high[0]:+.2f}, {100 * low_high[1]:+.2f}]"
+
+
+def analyse(folder: Path) -> dict:
+    evals = read_evals(folder)
+    seeds = sorted(evals["dual"])
+    table = {v: {q: summarize([evals[v][s][q] for s in seeds]) for q in QUANTITIES} for v in VARIANTS}
+    primary = [compare(evals, *row[1:]) for row in PRIMARY]
+    adjusted = holm([c.p for c in primary])
+    gain = table["dual_3dmf"]["gain"]
+    about_zero = gain.ci is not None and -EQUIVALENCE < gain.ci[0] and gain.ci[1] < EQUIVALENCE
+    command = f"python experiments/nms_free_study.py analyse {folder}"
+    lines = ["# The NMS-free study: does DATE need NMS here, and does 3DMF remove the need?", "",
+             f"`{command}` at commit {commit()}; {len(seeds)} paired seeds ({', '.join(map(str, seeds))}). AP in "
+             "points and duplicate rates in % on the 1,000 val images, raw top-100 (no NMS) and after NMS at IoU 0.6 "
+             "(`analysis.duplicates`); mean [95% t-interval] over seeds.", "",
+             "| detector | " + " | ".join(QUANTITIES.values()) + " |", "| --- |" + " ---: |" * len(QUANTITIES)]
+    for v in VARIANTS:
+        lines.append(f"| {NAMES[v]} | " + " | ".join(
+            _points(table[v][q].mean, table[v][q].ci).replace("+", "") if q != "gain"
+            else _points(table[v][q].mean, table[v][q].ci) for q in QUANTITIES) + " |")
+    lines += ["", "Paired differences (points), p of the paired t-test; the primary family Holm-adjusted (marked *):",
+              "", "| comparison | Δ [95% CI] | p | seeds above 0 |", "| --- | ---: | ---: | ---: |"]
+    rows = {}
+    for (label, *spec), c, p_holm in [*zip(PRIMARY, primary, adjusted),
+                                      *((row, compare(evals, *row[1:]), None) for row in SECONDARY)]:
+        rows[label] = {"delta": c.delta, "ci": c.ci, "p": c.p, "p_holm": p_holm, "wins": c.wins, "n": c.n_variant}
+        p = f"{c.p:.3g}" if p_holm is None else f"{p_holm:.3g}*"
+        lines.append(f"| {label} | {_points(c.delta, c.ci)} | {p} | {c.wins}/{c.n_variant} |")
+    verdict = ("inside" if about_zero else "not inside")
+    lines += ["", f"DATE+3DMF's NMS gain: {_points(gain.mean, gain.ci)} points, {verdict} ±{100 * EQUIVALENCE:.1f} "
+              f"(the pre-registered margin for \"about 0\")."]
+    result = {"command": command, "commit": commit(), "seeds": seeds, "equivalence_margin": EQUIVALENCE,
+              "dual_3dmf_gain_about_zero": about_zero,
+              "variants": {v: {q: {"mean": s.mean, "ci": s.ci, "n": s.n} for q, s in table[v].items()}
+                           for v in VARIANTS}, "comparisons": rows}
+    (folder / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (folder / "results.md").write_text("\n".join(lines) + "\n")
+    figure(evals, table, folder)
+    print("\n".join(lines))
+    return result
+
+
+def figure(evals, table, folder: Path) -> None:
+    """Left: each detector's AP without and with NMS, one thin line per seed. Right: its NMS gain with the 95%
+    interval and the +-EQUIVALENCE band."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
+    for x, v in enumerate(VARIANTS):
+        for s, row in evals[v].items():
+            left.plot([x - 0.15, x + 0.15], [100 * row["ap_raw"], 100 * row["ap_nms"]], color="0.7", lw=0.8)
+        left.plot([x - 0.15, x + 0.15], [100 * table[v]["ap_raw"].mean, 100 * table[v]["ap_nms"].mean], "o-",
+                  color="C3" if v.startswith("dual") else "C0")
+        g = table[v]["gain"]
+        err = None if g.ci is None else [[100 * (g.mean - g.ci[0])], [100 * (g.ci[1] - g.mean)]]
+        right.errorbar([x], [100 * g.mean], yerr=err, fmt="o", capsize=3, color="C3" if v.startswith("dual") else "C0")
+    left.set_ylabel("AP (left: no NMS, right: NMS)")
+    right.axhspan(-100 * EQUIVALENCE, 100 * EQUIVALENCE, color="0.9")
+    right.axhline(0, color="0.5", lw=0.8)
+    right.set_ylabel("NMS gain (AP points)")
+    for ax in (left, right):
+        ax.set_xticks(range(len(VARIANTS)), [NAMES[v] for v in VARIANTS], fontsize=8)
+    for suffix in ("png", "pdf"):
+        fig.savefig(folder / f"nms_free_study.{suffix}", dpi=150)
+    plt.close(fig)
+
+
+def seeds(folder: Path) -> dict:
+    evals = read_evals(folder)
+    rows = []
+    for label, *spec in PRIMARY:
+        c = compare(evals, *spec)
+        needed = None if c.sd in (None, 0.0) else n_for_power(c.delta, c.sd, paired=True)
+        rows.append({"comparison": label, "delta": c.delta, "sd": c.sd, "n_needed": needed})
+    n, why = seed_count([r["n_needed"] for r in rows], SEED_FLOOR, SEED_CEILING)
+    command = f"python experiments/nms_free_study.py seeds {folder}"
+    lines = ["# The NMS-free study's seed count, from its pilot", "",
+             f"`{command}` at commit {commit()}; pilot seeds {sorted(evals['dual'])}. Rule (experiments/README.md, "
+             "written before the pilot): for each primary comparison the pairs a paired t-test needs for 80% power "
+             "at two-sided α 0.05, the pilot's mean difference and sd taken as true; the largest, clamped to "
+             f"[{SEED_FLOOR}, {SEED_CEILING}].", "",
+             "| comparison | mean difference (points) | sd of the differences (points) | pairs needed |",
+             "| --- | ---: | ---: | ---: |"]
+    for r in rows:
+        sd = "–" if r["sd"] is None else f"{100 * r['sd']:.2f}"
+        lines.append(f"| {r['comparison']} | {100 * r['delta']:+.2f} | {sd} | {r['n_needed'] or '–'} |")
+    lines += ["", f"**N = {n}** pairs ({why})."]
+    result = {"command": command, "commit": commit(), "rows": rows, "n": n, "why": why,
+              "bounds": [SEED_FLOOR, SEED_CEILING]}
+    (folder / "seed_counts.json").write_text(json.dumps(result, indent=1) + "\n")
+    (folder / "seed_counts.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines) + f"\n\nexperiments/nms_free_study.sh:\nN={n}  # pre-registered: pairs of the study")
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=("analyse", "seeds"))
+    parser.add_argument("folder", type=Path, help="the study's (or the pilot's) output folder, holding evals/")
+    args = parser.parse_args(argv)
+    (analyse if args.stage == "analyse" else seeds)(args.folder)
+
+
+if __name__ == "__main__":
+    main()
