@@ -112,7 +112,7 @@ def _holm_by_procedure(pvalues):
     def rejected(alpha):
         out = set()
         for j, i in enumerate(sorted(tested, key=lambda i: pvalues[i]), start=1):
-            if pvalues[i] > alpha / (m - j + 1):
+            if (m - j + 1) * pvalues[i] > alpha:  # as the candidates are made: alpha / k can miss p by an ulp
                 break
             out.add(i)
         return out
@@ -128,6 +128,8 @@ def _holm_by_procedure(pvalues):
     [0.01, 0.04, 0.03, 0.005, 0.2, 0.5],
     [0.02, 0.02, 0.02, 0.9, 1.0, 0.001],  # ties and a p of 1
     [1.0, 1.0, 0.3],
+    [0.5704354473234544, 0.47699645294610205, 0.6039264587840699, math.nan, 0.053772960739436076,
+     0.9881365031294905],  # (5 p) / 5 != p: a sweep's report once failed on the division
     [0.049],
     [0.01, None, 0.04, math.nan, 0.03, 0.2],  # not computable: not counted in m
 ])
