@@ -16,7 +16,7 @@
 # [/pilot]). Extra arguments are Hydra overrides for every training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=  # pre-registered: the study's pairs at 1x, from the pilot (experiments/results/nms_free_study/1x/pilot/seed_counts.md)
+N=6  # pre-registered: the study's pairs at 1x, from the pilot (experiments/results/nms_free_study/1x/pilot/seed_counts.md)
 STAGE=${1:?usage: experiments/nms_free_study.sh pilot|study [overrides]}
 shift
 SCHEDULE=${SCHEDULE:-1x}
