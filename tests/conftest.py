@@ -152,27 +152,14 @@ def run_module(module: str, args: list[str], *, env: dict[str, str], cwd: Path, 
                           timeout=timeout)
 
 
-def run_modules(commands: list[tuple[str, list[str], dict[str, str]]], *, cwd: Path, timeout: float = 600,
-                ) -> list[subprocess.CompletedProcess]:
-    """Several `python -m <module> <args>` (each with its environment) at once, for fixtures that prepare
-    independent runs: each has one intra-op thread (sandbox_env), so two take the time of one on two cores.
-    Give each its own MLflow SQLite store (or a server): concurrent writers of one SQLite file wait on its lock."""
-    procs = [subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for module, args, env in commands]
-    results = []
-    for proc, (module, args, _) in zip(procs, commands):
-        stdout, stderr = proc.communicate(timeout=timeout)
-        results.append(subprocess.CompletedProcess([sys.executable, "-m", module, *args], proc.returncode, stdout,
-                                                   stderr))
-    return results
-
-
 def run_in_process(module: str, args: list[str], *, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    """`python -m <module> <args>` run in this process, for commands that train nothing (refusals, --help, a small
-    evaluation): the same result as run_module (exit code, stdout, stderr; an uncaught exception is its traceback on
-    stderr and exit code 1) without starting Python and importing torch again (seconds each). What the command
-    changes in this process is put back: the environment, cwd, sys.argv, logging, signal handlers, torch's grad mode
-    and threads, Hydra's global state."""
+    """`python -m <module> <args>` run in this process: the same result as run_module (exit code, stdout, stderr; an
+    uncaught exception is its traceback on stderr and exit code 1) without starting Python and importing torch again
+    (6-8 s of CPU each). For commands whose process itself is not under test (refusals, an evaluation, a training
+    whose outputs a test reads); signals, exits, locks and SLURM need run_module. torch runs on the threads the
+    environment's OMP_NUM_THREADS gives a new process (sandbox_env: 1), so a training gives the numbers it gives in
+    a process of its own. What the command changes in this process is put back: the environment, cwd, sys.argv,
+    logging, signal handlers, torch's grad mode and threads, Hydra's global state."""
     import torch
     from hydra.core.global_hydra import GlobalHydra
 
@@ -185,6 +172,8 @@ def run_in_process(module: str, args: list[str], *, env: dict[str, str], cwd: Pa
     stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
     os.environ.clear()
     os.environ.update(env)
+    if env.get("OMP_NUM_THREADS", "").isdigit():
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
     os.chdir(cwd)
     sys.argv = [module, *args]
     try:

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from scipy import stats as scipy_stats
 
 from analysis import convergence, duplicates
-from conftest import REPO, SMOKE, run_in_process, run_modules, sandbox_env
+from conftest import REPO, SMOKE, run_in_process, sandbox_env
 from test_analysis_stats import _holm_by_procedure
 
 pytestmark = [pytest.mark.slow,  # every test reads the module's trainings,
@@ -33,10 +33,9 @@ def trained(tmp_path_factory, data_cache, mlflow_server):
     root = tmp_path_factory.mktemp("analysis")
     env = sandbox_env(root, data_cache, tracking_uri=mlflow_server.url)
     try:
-        # the sweep and the single run at once (one MLflow server takes both)
-        sweep, single = run_modules([
-            ("date.train", ["-m", "assigner=o2o,dual", "seed=0,1", *TRAIN, f"hydra.sweep.dir={root / 'sweep'}"], env),
-            ("date.train", ["assigner=o2m", "seed=0", *TRAIN], env)], cwd=root)
+        sweep = run_in_process("date.train", ["-m", "assigner=o2o,dual", "seed=0,1", *TRAIN,
+                                              f"hydra.sweep.dir={root / 'sweep'}"], env=env, cwd=root)
+        single = run_in_process("date.train", ["assigner=o2m", "seed=0", *TRAIN], env=env, cwd=root)
         assert sweep.returncode == 0, sweep.stderr[-3000:]
         assert single.returncode == 0, single.stderr[-3000:]
         yield {"url": mlflow_server.url, "root": root, "env": env,

@@ -11,7 +11,7 @@ from torchvision.ops import batched_nms
 from analysis import duplicates
 from analysis.duplicates import MatchCounts, count_duplicates, variant_of
 from analysis.duplicates_figure import draw_figure
-from conftest import SMOKE, run_module, sandbox_env
+from conftest import SMOKE, run_in_process, sandbox_env
 from date.data.build import build_val_dataset
 from date.data.loader import build_eval_loader
 from date.modeling.build import checkpoint_config, detector_from_checkpoint
@@ -123,8 +123,8 @@ def trained(tmp_path_factory, data_cache):
     """An FCOS (o2m) and a DATE (dual) smoke training: {variant: model_final.pth}."""
     root = tmp_path_factory.mktemp("duplicates")
     env = sandbox_env(root, data_cache)
-    result = run_module("date.train", ["-m", "assigner=o2m,dual", *TRAIN, f"hydra.sweep.dir={root / 'sweep'}"],
-                        env=env, cwd=root, timeout=600)
+    result = run_in_process("date.train", ["-m", "assigner=o2m,dual", *TRAIN, f"hydra.sweep.dir={root / 'sweep'}"],
+                            env=env, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoints = {variant: sorted((root / "sweep").glob(f"assigner-{variant}_*/model_final.pth"))
                    for variant in ("o2m", "dual")}

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import run_in_process, run_module
+from conftest import run_in_process
 from date.runtime import checkpoint as ckpt
 
 try:
@@ -25,8 +25,8 @@ TINY = ["dataset.train_short_sizes=[64]", "dataset.max_size=96", "dataset.test_s
 @pytest.mark.slow
 def test_a_tiny_crowdhuman_dataset_trains(tmp_path, train_env):
     root = write_crowdhuman(tmp_path / "crowdhuman")
-    result = run_module("date.train", ["dataset=crowdhuman", f"dataset.root={root}", *TINY], env=train_env,
-                        cwd=tmp_path)
+    result = run_in_process("date.train", ["dataset=crowdhuman", f"dataset.root={root}", *TINY], env=train_env,
+                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "Datasets: 2 train / 2 val images, 1 classes" in output
@@ -70,9 +70,9 @@ def test_fcos_evaluated_at_another_nms_threshold_is_that_threshold_in_its_config
     box bias + log 12: ltrb of ~12 px around locations 8 px apart) and every score kept, so that NMS has overlaps
     to remove and its threshold shows."""
     root = write_crowdhuman(tmp_path / "crowdhuman")
-    trained = run_module("date.train", ["dataset=crowdhuman", f"dataset.root={root}", "assigner=o2m",
-                                        "model.prior_prob=0.5", "model.detections_per_img=1000", *TINY],
-                         env=train_env, cwd=tmp_path)
+    trained = run_in_process("date.train", ["dataset=crowdhuman", f"dataset.root={root}", "assigner=o2m",
+                                            "model.prior_prob=0.5", "model.detections_per_img=1000", *TINY],
+                             env=train_env, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     (final,) = tmp_path.glob("outputs/**/model_final.pth")
     saved = ckpt.load(final)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
-from conftest import SMOKE, run_in_process, run_module, run_modules, sandbox_env
+from conftest import SMOKE, run_in_process, run_module, sandbox_env
 from date.data.build import build_val_dataset
 from date.data.loader import build_eval_loader
 from date.export import OUTPUT_NAMES, ExportableDetector, nms_keep, nms_keep_onnx
@@ -36,10 +36,10 @@ def exported(tmp_path_factory, data_cache):
     """{mode: (model_final.pth, its .onnx written by `python -m date.export` next to it)}."""
     root = tmp_path_factory.mktemp("export")
     env = sandbox_env(root, data_cache)
-    try:  # the two trainings at once, each with its own MLflow store
-        trainings = [("date.train", [f"assigner={mode}", threshold, *TRAIN, f"hydra.run.dir={root / mode}"],
-                      sandbox_env(root / f"store_{mode}", data_cache)) for mode, threshold in MODES.items()]
-        for train in run_modules(trainings, cwd=root):
+    try:
+        for mode, threshold in MODES.items():
+            train = run_in_process("date.train", [f"assigner={mode}", threshold, *TRAIN, f"hydra.run.dir={root / mode}"],
+                                   env=env, cwd=root)
             assert train.returncode == 0, train.stderr[-3000:]
         checkpoints = {mode: root / mode / ckpt.FINAL for mode in MODES}
         # in a process of its own: torch.export's tracing in this one once left torchvision's NMS failing with

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_module
+from conftest import REPO, run_in_process
 
 TINY = ["dataset.num_train=8", "dataset.num_val=4", "batch_size=4", "num_workers=0", "schedule.epochs=2",
         "schedule.lr_steps=[1]", "schedule.warmup_iters=1", "log_every=1"]
@@ -31,8 +31,8 @@ def test_parity_script_trains_all_three_in_the_same_loop(tmp_path, train_env):
 
 @pytest.mark.slow
 def test_parity_reuses_a_finished_run_of_the_same_config_only(tmp_path, train_env):
-    trained = run_module("date.train", ["experiment=convergence_synthetic", "assigner=o2m", "seed=0", *TINY],
-                         env=train_env, cwd=tmp_path)
+    trained = run_in_process("date.train", ["experiment=convergence_synthetic", "assigner=o2m", "seed=0", *TINY],
+                             env=train_env, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     result = subprocess.run([sys.executable, str(REPO / "experiments" / "fcos_parity.py"), "--out",
                              str(tmp_path / "parity"), "--seeds", "0", "--reuse", str(tmp_path / "outputs"), *TINY],

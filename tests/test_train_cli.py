@@ -59,9 +59,9 @@ def test_sweep_gives_one_tagged_run_per_job_with_a_shared_sweep_id(tmp_path, tra
     """Through a tracking server whose URI carries a password: no file of the sweep holds it in clear text
     (Hydra's multirun.yaml and .hydra/*.yaml, the checkpoints, the logs)."""
     uri = mlflow_server.url.replace("://", "://user:s3cret@")
-    result = run_module("date.train", ["-m", "assigner=o2o,dual", *SMOKE, f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                                       f"tracking.uri={uri}", "tracking.experiment=cli_sweep"],  # shared server
-                        env=train_env, cwd=tmp_path, timeout=600)
+    result = run_in_process("date.train", ["-m", "assigner=o2o,dual", *SMOKE, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                                           f"tracking.uri={uri}", "tracking.experiment=cli_sweep"],  # shared server
+                            env=train_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_files = [p for p in (tmp_path / "sweep").rglob("*") if p.is_file()]
     assert "user:***@" in (tmp_path / "sweep" / "multirun.yaml").read_text()
