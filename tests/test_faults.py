@@ -82,8 +82,8 @@ def _train_then_signal(args: list[str], run_dir: Path, tmp_path: Path, env: dict
 @pytest.mark.parametrize("assigner", ["o2o", "dual"])
 def test_diverging_poto_run_stops_with_the_message_not_a_traceback(assigner, tmp_path, train_env):
     # lr 1e8 makes the o2o predictions NaN at the second step: POTO's matching sees them before any loss
-    result = run_module("date.train", [*SMOKE, f"assigner={assigner}", "optim.lr=1e8", "checkpoint_every_iters=1"],
-                        env=train_env, cwd=tmp_path)
+    result = run_in_process("date.train", [*SMOKE, f"assigner={assigner}", "optim.lr=1e8",
+                                           "checkpoint_every_iters=1"], env=train_env, cwd=tmp_path)
     assert result.returncode == 1
     _no_traceback(result)
     message = _error_paragraph(result.stderr)
@@ -99,7 +99,7 @@ def test_weights_that_overflow_on_an_epochs_last_step_are_never_saved(tmp_path, 
     # weights after the epoch's last (only) step are not, and the epoch-end checkpoint must refuse them
     args = ["schedule=smoke", "dataset.num_train=4", "dataset.num_val=4", "batch_size=4", "num_workers=0",
             "assigner=o2o", "optim.lr=1e41"]
-    result = run_module("date.train", args, env=train_env, cwd=tmp_path)
+    result = run_in_process("date.train", args, env=train_env, cwd=tmp_path)
     assert result.returncode == 1
     _no_traceback(result)
     message = _error_paragraph(result.stderr)
@@ -128,7 +128,7 @@ def test_a_sweep_whose_jobs_would_share_a_run_dir_fails_at_launch(sweep, reason,
 @pytest.mark.slow
 def test_sweeping_name_keeps_jobs_apart_through_the_sweep_dir(tmp_path, train_env):
     # conf/config.yaml's sweep dir is multirun/${name}/...: name is left out of the job dir, yet separates jobs
-    result = run_module("date.train", ["-m", "name=a,b", *SMOKE], env=train_env, cwd=tmp_path)
+    result = run_in_process("date.train", ["-m", "name=a,b", *SMOKE], env=train_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     finals = sorted(tmp_path.glob("multirun/*/*/*/model_final.pth"))
     assert [p.parts[-4] for p in finals] == ["a", "b"]
@@ -148,7 +148,7 @@ def test_a_second_process_on_a_busy_run_dir_fails_fast_naming_the_holder(tmp_pat
                                str(run_dir)], env=train_env, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        result = run_module("date.train", args, env=train_env, cwd=tmp_path)
+        result = run_in_process("date.train", args, env=train_env, cwd=tmp_path)
         assert result.returncode == 2
         _no_traceback(result)
         message = _error_paragraph(result.stderr)
@@ -157,7 +157,7 @@ def test_a_second_process_on_a_busy_run_dir_fails_fast_naming_the_holder(tmp_pat
     finally:
         holder.kill()
         holder.wait(timeout=30)
-    result = run_module("date.train", args, env=train_env, cwd=tmp_path)  # the lock died with its holder
+    result = run_in_process("date.train", args, env=train_env, cwd=tmp_path)  # the lock died with its holder
     assert result.returncode == 0, result.stderr[-3000:]
     assert ckpt.load(run_dir / ckpt.LAST)["finished"]
 
@@ -312,8 +312,9 @@ def test_a_corrupt_image_in_a_loader_worker_is_the_same_paragraph_as_without_wor
     corrupt.write_bytes(b"not a png")  # width/height are in the JSON: only loading the pixels finds it
     messages = []
     for workers in (0, 2):
-        result = run_module("date.train", [*dataset, "schedule=smoke", "batch_size=8", f"num_workers={workers}",
-                                           f"name=w{workers}"], env=train_env, cwd=tmp_path)
+        run = run_module if workers else run_in_process  # loader workers are forked from a process of its own
+        result = run("date.train", [*dataset, "schedule=smoke", "batch_size=8", f"num_workers={workers}",
+                                    f"name=w{workers}"], env=train_env, cwd=tmp_path)
         assert result.returncode == 2
         _no_traceback(result)
         messages.append(_error_paragraph(result.stderr))
@@ -331,7 +332,7 @@ def _limit_file_size(limit: int):
 @pytest.mark.slow
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_fails_the_mlflow_run(tmp_path, train_env):
     args = [*SMOKE, f"hydra.run.dir={tmp_path / 'run'}"]
-    first = run_module("date.train", args, env=train_env, cwd=tmp_path)
+    first = run_in_process("date.train", args, env=train_env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     last = tmp_path / "run" / ckpt.LAST
     before = hashlib.sha256(last.read_bytes()).hexdigest()
