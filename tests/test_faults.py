@@ -221,7 +221,7 @@ def test_sigterm_finishes_the_iteration_writes_last_pth_and_resumes_exactly(tmp_
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
     assert client.get_run(run_id).info.status == "KILLED"
 
-    resumed = run_module("date.train", args, env=train_env, cwd=tmp_path, timeout=600)  # the lock died with it
+    resumed = run_in_process("date.train", args, env=train_env, cwd=tmp_path)  # the lock died with it
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from {run_dir / ckpt.LAST} at epoch" in resumed.stdout
     assert ckpt.load(run_dir / ckpt.LAST)["elapsed_s"] > saved["elapsed_s"]  # the whole run's time, both processes
@@ -246,7 +246,7 @@ def test_ctrl_c_finishes_the_iteration_writes_last_pth_and_resumes(tmp_path, tra
     assert "Received SIGINT: stopping after this iteration" in output and "Traceback" not in output
     assert "Stopped by SIGINT; last.pth is written. Resume with: python -m date.train" in output
     assert 5 <= ckpt.load(run_dir / ckpt.LAST)["global_iter"] < TOTAL_ITERS
-    resumed = run_module("date.train", args, env=train_env, cwd=tmp_path, timeout=600)
+    resumed = run_in_process("date.train", args, env=train_env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert ckpt.load(run_dir / ckpt.LAST)["finished"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import RESUMABLE, RESUMABLE_ITERS, run_module
+from conftest import RESUMABLE, RESUMABLE_ITERS, run_in_process
 from date.runtime import checkpoint as ckpt
 
 # conftest's RESUMABLE (2 epochs x 12 iterations of batch 2), a checkpoint every 3 iterations (mid-epoch) and at
@@ -48,7 +48,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, train_env
     killed_at = ckpt.load(run_dir / ckpt.LAST)["global_iter"]
     assert 3 <= killed_at < TOTAL_ITERS
 
-    resumed = run_module("date.train", command[3:], env=train_env, cwd=tmp_path, timeout=600)
+    resumed = run_in_process("date.train", command[3:], env=train_env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from {run_dir / ckpt.LAST} at epoch" in resumed.stdout
     assert "Continuing MLflow run" in resumed.stdout
