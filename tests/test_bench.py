@@ -2,12 +2,11 @@
 of paired, interleaved repetitions."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from conftest import run_in_process
 from date.bench import paired_ratio, timed_interleaved
 
 
@@ -38,9 +37,9 @@ def test_timed_interleaved_round_robin():
 @pytest.mark.slow
 def test_bench_cpu_tiny(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "date.bench", "--device", "cpu", "--size", "128", "--batch", "2",
-                           "--iters", "2", "--warmup", "0", "--json", str(out)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = run_in_process("date.bench", ["--device", "cpu", "--size", "128", "--batch", "2", "--iters", "2",
+                                         "--warmup", "0", "--json", str(out)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     header = next(line for line in proc.stdout.splitlines() if line.startswith("metric"))
     assert "tv FCOS" in header and "POTO" in header and "DATE/POTO" in header
