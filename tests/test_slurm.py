@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import RESUMABLE, RESUMABLE_ITERS, SLURM_CPU, SMOKE, run_module
+from conftest import RESUMABLE, RESUMABLE_ITERS, SLURM_CPU, SMOKE, run_in_process, run_module
 from date.runtime import checkpoint as ckpt
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster"),
@@ -193,8 +193,8 @@ def test_sbatch_refusing_the_gpus_is_one_paragraph_naming_the_launcher_key(tmp_p
     # the launcher's default gpus_per_node (one GPU per task) on this cluster, which has no GPU gres
     sweep = tmp_path / "sweep"
     gpus = [a for a in SLURM_CPU if not a.startswith("hydra.launcher.gpus_per_node=")]
-    result = run_module("date.train", ["-m", *gpus, *SMOKE, f"hydra.sweep.dir={sweep}"], env=train_env, cwd=tmp_path,
-                        timeout=120)
+    result = run_in_process("date.train", ["-m", *gpus, *SMOKE, f"hydra.sweep.dir={sweep}"], env=train_env,
+                            cwd=tmp_path)  # nothing reaches a job: the launcher's process is not under test
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     message = result.stderr[result.stderr.index("sbatch refused"):]
