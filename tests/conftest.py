@@ -96,6 +96,23 @@ def data_cache(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def fresh_mlflow_stores():
+    """MLflow keeps a store, with its open SQLite connections, per URI for the life of the process. A test's tmp_path
+    can be the path of an earlier test's deleted one (pytest numbers them per test name), so a store read or written
+    in this process (in-process commands, MlflowClient checks) would reach the deleted file: SQLite's "attempt to
+    write a readonly database", or the earlier test's runs. Every test starts with none kept."""
+    yield
+    if "mlflow.store.tracking.sqlalchemy_store" in sys.modules:  # (MLflow has no public call for this)
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        type(_tracking_store_registry)._get_store_with_resolved_uri.cache_clear()  # the store per URI
+        for engine in SqlAlchemyStore._engine_map.values():  # and its engine's pooled connections
+            engine.dispose()
+        SqlAlchemyStore._engine_map.clear()
+
+
 @pytest.fixture
 def one_thread():
     """In-process training with one intra-op thread (see train_env), restored afterwards."""

@@ -114,9 +114,10 @@ def _seed_worker(worker_id: int) -> None:
     # Ctrl-C, `timeout`, systemd, scancel and job supervisors signal the whole process group: the training
     # process decides; a worker that died of the signal would fail the batch being loaded. SIGTERM is blocked
     # and read by a thread, which knows its sender (a handler does not): the parent's still ends the worker,
-    # as multiprocessing's exit joins the workers it terminates.
+    # as multiprocessing's exit joins the workers it terminates. The worker was born with both blocked
+    # (SignalSafeLoader): a signal that came before this line waits, and SIGINT's is dropped here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     threading.Thread(target=_exit_on_parents_sigterm, name="sigterm-from-parent", daemon=True).start()
     # torch seeds each worker from the loader's generator; numpy / random follow it (augmentation
     # itself is seeded per sample, this only covers stray library randomness)
@@ -125,9 +126,23 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
+class SignalSafeLoader(DataLoader):
+    """A DataLoader whose workers are forked with SIGINT and SIGTERM blocked, so that a signal to the process group
+    in the moment between a worker's fork and its _seed_worker cannot kill it (the evaluation's loader starts its
+    workers exactly when a stop is likely: a DataLoader worker killed by Terminated failed a stopped run). The
+    training process gets the signals it held back as soon as its workers exist."""
+
+    def __iter__(self):
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # the forks inherit it
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _loader(dataset: Dataset, batch_sampler: Sampler, *, num_workers: int, size_divisibility: int,
             generator_seed: int) -> DataLoader:
-    return DataLoader(
+    return SignalSafeLoader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=num_workers,
