@@ -4,8 +4,10 @@ Pure functions on numbers (scipy's noncentral t), tested against Monte-Carlo sim
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -129,3 +131,27 @@ def seed_count(needed: Sequence[Optional[int]], floor: int, ceiling: int) -> tup
         return ceiling, "a comparison no n reaches with 80% power (or no spread): the ceiling"
     n = min(max(max(known), floor), ceiling)
     return n, ("as computed" if n == max(known) else "raised to the floor" if n > max(known) else "capped at the ceiling")
+
+
+def write_seed_count(folder, *, study: str, command: str, commit: str, pilot_seeds: Sequence[int],
+                     rows: list[dict], floor: int, ceiling: int, script: str) -> dict:
+    """A pre-registered study's seed count from its pilot, as ``folder/seed_counts.md`` and ``.json``: one row per
+    primary comparison (``comparison``, ``delta`` and ``sd`` as fractions, shown x100, ``n_needed`` from
+    :func:`n_for_power`), and the count :func:`seed_count` makes of them. Prints the line to write into ``script``."""
+    n, why = seed_count([r["n_needed"] for r in rows], floor, ceiling)
+    lines = [f"# The {study}'s seed count, from its pilot", "",
+             f"`{command}` at commit {commit}; pilot seeds {sorted(pilot_seeds)}. Rule (experiments/README.md, "
+             "written before the pilot): for each primary comparison the pairs a paired t-test needs for 80% power "
+             "at two-sided α 0.05, the pilot's mean difference and sd taken as true; the largest, clamped to "
+             f"[{floor}, {ceiling}].", "",
+             "| comparison | mean difference (×100) | sd of the differences (×100) | pairs needed |",
+             "| --- | ---: | ---: | ---: |"]
+    for r in rows:
+        sd = "–" if r["sd"] is None else f"{100 * r['sd']:.2f}"
+        lines.append(f"| {r['comparison']} | {100 * r['delta']:+.2f} | {sd} | {r['n_needed'] or '–'} |")
+    lines += ["", f"**N = {n}** pairs ({why})."]
+    result = {"command": command, "commit": commit, "rows": rows, "n": n, "why": why, "bounds": [floor, ceiling]}
+    Path(folder, "seed_counts.json").write_text(json.dumps(result, indent=1) + "\n")
+    Path(folder, "seed_counts.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines) + f"\n\n{script}:\nN={n}  # pre-registered: pairs of the study")
+    return result

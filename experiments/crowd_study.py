@@ -30,7 +30,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 
-from analysis.power import n_for_power, seed_count  # noqa: E402
+from analysis.power import n_for_power, write_seed_count  # noqa: E402
 from analysis.stats import holm, paired_t, summarize  # noqa: E402
 
 NMS_THRESHOLDS = ("0.5", "0.6", "0.7")
@@ -140,32 +140,15 @@ def figure(table, folder: Path) -> None:
 
 def seeds(folder: Path) -> dict:
     evals = read_evals(folder)
-    rows, needed_all = [], []
+    rows = []
     for v, b, m in PRIMARY:
         c = comparison(evals, v, b, m)
         needed = None if c.sd in (None, 0.0) else n_for_power(c.delta, c.sd, paired=True)
-        needed_all.append(needed)
-        rows.append({"comparison": f"{NAMES[v]} − {NAMES[b]}", "metric": METRICS[m], "delta": c.delta, "sd": c.sd,
-                     "n_needed": needed})
-    n, why = seed_count(needed_all, SEED_FLOOR, SEED_CEILING)
-    command = f"python experiments/crowd_study.py seeds {folder}"
-    lines = ["# The crowd study's seed count, from its pilot", "",
-             f"`{command}` at commit {commit()}; pilot seeds {sorted(evals['o2o'])}. Rule (experiments/README.md, "
-             "written before the pilot): for each primary comparison the pairs a paired t-test needs for 80% power "
-             "at two-sided α 0.05, the pilot's mean difference and sd taken as true; the largest, clamped to "
-             f"[{SEED_FLOOR}, {SEED_CEILING}].", "",
-             "| comparison | metric | mean difference (×100) | sd of the differences (×100) | pairs needed |",
-             "| --- | --- | ---: | ---: | ---: |"]
-    for r in rows:
-        sd = "–" if r["sd"] is None else f"{100 * r['sd']:.2f}"
-        lines.append(f"| {r['comparison']} | {r['metric']} | {100 * r['delta']:+.2f} | {sd} | {r['n_needed'] or '–'} |")
-    lines += ["", f"**N = {n}** pairs ({why})."]
-    result = {"command": command, "commit": commit(), "rows": rows, "n": n, "why": why,
-              "bounds": [SEED_FLOOR, SEED_CEILING]}
-    (folder / "seed_counts.json").write_text(json.dumps(result, indent=1) + "\n")
-    (folder / "seed_counts.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines) + f"\n\nexperiments/crowd_study.sh:\nN={n}  # pre-registered: pairs of the study")
-    return result
+        rows.append({"comparison": f"{NAMES[v]} − {NAMES[b]}, {METRICS[m]}", "metric": METRICS[m], "delta": c.delta,
+                     "sd": c.sd, "n_needed": needed})
+    return write_seed_count(folder, study="crowd study", command=f"python experiments/crowd_study.py seeds {folder}",
+                            commit=commit(), pilot_seeds=evals["o2o"], rows=rows, floor=SEED_FLOOR,
+                            ceiling=SEED_CEILING, script="experiments/crowd_study.sh")
 
 
 def main(argv=None) -> None:

@@ -16,6 +16,7 @@
 # (experiments/results/crowd_study[/pilot]). Extra arguments are Hydra overrides for every training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/lib/two_lanes.sh
 N=5  # pre-registered: the study's pairs, from the pilot (experiments/results/crowd_study/pilot/seed_counts.md)
 STAGE=${1:?usage: experiments/crowd_study.sh pilot|study [overrides]}
 shift
@@ -54,17 +55,7 @@ one_seed() {  # seed, then the overrides
   for assigner in o2o dual; do evaluate "$STUDY_DIR/s$seed/$assigner/model_final.pth" $assigner "$seed"; done
   echo "crowd_study: seed $seed done"
 }
-lane() {  # parity, then the overrides
-  for i in "${!SEEDS[@]}"; do
-    if [ $((i % 2)) = "$1" ]; then one_seed "${SEEDS[$i]}" "${@:2}"; fi
-  done
-}
-lane 0 "$@" &
-even=$!
-lane 1 "$@" &
-odd=$!
-wait $even  # a lane that failed fails the study (its log: $STUDY_DIR/s<seed>.log)
-wait $odd
+two_lanes one_seed "$@"
 
 if [ "$STAGE" = pilot ]; then
   "$PYTHON" experiments/crowd_study.py seeds "$OUT"

@@ -29,7 +29,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 
-from analysis.power import n_for_power, seed_count  # noqa: E402
+from analysis.power import n_for_power, write_seed_count  # noqa: E402
 from analysis.stats import holm, paired_t, summarize  # noqa: E402
 
 VARIANTS = ("o2o", "dual", "o2o_3dmf", "dual_3dmf")
@@ -160,25 +160,9 @@ def seeds(folder: Path) -> dict:
         c = compare(evals, *spec)
         needed = None if c.sd in (None, 0.0) else n_for_power(c.delta, c.sd, paired=True)
         rows.append({"comparison": label, "delta": c.delta, "sd": c.sd, "n_needed": needed})
-    n, why = seed_count([r["n_needed"] for r in rows], SEED_FLOOR, SEED_CEILING)
     command = f"python experiments/nms_free_study.py seeds {folder}"
-    lines = ["# The NMS-free study's seed count, from its pilot", "",
-             f"`{command}` at commit {commit()}; pilot seeds {sorted(evals['dual'])}. Rule (experiments/README.md, "
-             "written before the pilot): for each primary comparison the pairs a paired t-test needs for 80% power "
-             "at two-sided α 0.05, the pilot's mean difference and sd taken as true; the largest, clamped to "
-             f"[{SEED_FLOOR}, {SEED_CEILING}].", "",
-             "| comparison | mean difference (points) | sd of the differences (points) | pairs needed |",
-             "| --- | ---: | ---: | ---: |"]
-    for r in rows:
-        sd = "–" if r["sd"] is None else f"{100 * r['sd']:.2f}"
-        lines.append(f"| {r['comparison']} | {100 * r['delta']:+.2f} | {sd} | {r['n_needed'] or '–'} |")
-    lines += ["", f"**N = {n}** pairs ({why})."]
-    result = {"command": command, "commit": commit(), "rows": rows, "n": n, "why": why,
-              "bounds": [SEED_FLOOR, SEED_CEILING]}
-    (folder / "seed_counts.json").write_text(json.dumps(result, indent=1) + "\n")
-    (folder / "seed_counts.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines) + f"\n\nexperiments/nms_free_study.sh:\nN={n}  # pre-registered: pairs of the study")
-    return result
+    return write_seed_count(folder, study="NMS-free study", command=command, commit=commit(), pilot_seeds=evals["dual"],
+                            rows=rows, floor=SEED_FLOOR, ceiling=SEED_CEILING, script="experiments/nms_free_study.sh")
 
 
 def main(argv=None) -> None:

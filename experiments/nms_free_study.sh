@@ -16,6 +16,7 @@
 # [/pilot]). Extra arguments are Hydra overrides for every training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/lib/two_lanes.sh
 N=6  # pre-registered: the study's pairs at 1x, from the pilot (experiments/results/nms_free_study/1x/pilot/seed_counts.md)
 STAGE=${1:?usage: experiments/nms_free_study.sh pilot|study [overrides]}
 shift
@@ -55,17 +56,7 @@ one_seed() {  # seed, then the overrides
   done
   echo "nms_free_study: seed $seed done"
 }
-lane() {  # parity, then the overrides
-  for i in "${!SEEDS[@]}"; do
-    if [ $((i % 2)) = "$1" ]; then one_seed "${SEEDS[$i]}" "${@:2}"; fi
-  done
-}
-lane 0 "$@" &
-even=$!
-lane 1 "$@" &
-odd=$!
-wait $even  # a lane that failed fails the study (its log: $STUDY_DIR/s<seed>.log)
-wait $odd
+two_lanes one_seed "$@"
 
 if [ "$STAGE" = pilot ]; then
   "$PYTHON" experiments/nms_free_study.py seeds "$OUT"
