@@ -134,10 +134,12 @@ def seed_count(needed: Sequence[Optional[int]], floor: int, ceiling: int) -> tup
 
 
 def write_seed_count(folder, *, study: str, command: str, commit: str, pilot_seeds: Sequence[int],
-                     rows: list[dict], floor: int, ceiling: int, script: str) -> dict:
+                     rows: list[dict], bounds: tuple[int, int], script: str) -> dict:
     """A pre-registered study's seed count from its pilot, as ``folder/seed_counts.md`` and ``.json``: one row per
     primary comparison (``comparison``, ``delta`` and ``sd`` as fractions, shown x100, ``n_needed`` from
-    :func:`n_for_power`), and the count :func:`seed_count` makes of them. Prints the line to write into ``script``."""
+    :func:`n_for_power`), and the count :func:`seed_count` makes of them within ``bounds`` (floor, ceiling). Prints the
+    line to write into ``script``."""
+    floor, ceiling = bounds
     n, why = seed_count([r["n_needed"] for r in rows], floor, ceiling)
     lines = [f"# The {study}'s seed count, from its pilot", "",
              f"`{command}` at commit {commit}; pilot seeds {sorted(pilot_seeds)}. Rule (experiments/README.md, "

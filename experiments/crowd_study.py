@@ -147,8 +147,8 @@ def seeds(folder: Path) -> dict:
         rows.append({"comparison": f"{NAMES[v]} − {NAMES[b]}, {METRICS[m]}", "metric": METRICS[m], "delta": c.delta,
                      "sd": c.sd, "n_needed": needed})
     return write_seed_count(folder, study="crowd study", command=f"python experiments/crowd_study.py seeds {folder}",
-                            commit=commit(), pilot_seeds=evals["o2o"], rows=rows, floor=SEED_FLOOR,
-                            ceiling=SEED_CEILING, script="experiments/crowd_study.sh")
+                            commit=commit(), pilot_seeds=evals["o2o"], rows=rows, bounds=(SEED_FLOOR, SEED_CEILING),
+                            script="experiments/crowd_study.sh")
 
 
 def main(argv=None) -> None:

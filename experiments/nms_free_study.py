@@ -162,7 +162,7 @@ def seeds(folder: Path) -> dict:
         rows.append({"comparison": label, "delta": c.delta, "sd": c.sd, "n_needed": needed})
     command = f"python experiments/nms_free_study.py seeds {folder}"
     return write_seed_count(folder, study="NMS-free study", command=command, commit=commit(), pilot_seeds=evals["dual"],
-                            rows=rows, floor=SEED_FLOOR, ceiling=SEED_CEILING, script="experiments/nms_free_study.sh")
+                            rows=rows, bounds=(SEED_FLOOR, SEED_CEILING), script="experiments/nms_free_study.sh")
 
 
 def main(argv=None) -> None:
