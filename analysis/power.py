@@ -130,7 +130,8 @@ def seed_count(needed: Sequence[Optional[int]], floor: int, ceiling: int) -> tup
     if not known or len(known) < len(needed):
         return ceiling, "a comparison no n reaches with 80% power (or no spread): the ceiling"
     n = min(max(max(known), floor), ceiling)
-    return n, ("as computed" if n == max(known) else "raised to the floor" if n > max(known) else "capped at the ceiling")
+    why = "as computed" if n == max(known) else "raised to the floor" if n > max(known) else "capped at the ceiling"
+    return n, why
 
 
 def write_seed_count(folder, *, study: str, command: str, commit: str, pilot_seeds: Sequence[int],
