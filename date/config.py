@@ -9,9 +9,8 @@ composed result. Hydra refuses unknown keys, wrong types and values outside a cl
 :func:`validate` then checks the ranges written beside each field, before anything expensive, and raises
 one :class:`ConfigError` listing every problem.
 
-Two groups have their schema next to the code they configure: ``dataset`` (date.data.build.DatasetConfig,
-whose generation fields are date.data.synthetic.SyntheticParams) and ``branch_weighting``
-(date.branch_weighting.BranchWeighting, the schedule object itself).
+Two groups have their schema next to the code they configure: ``dataset`` (date.data.build.DatasetConfig, whose
+generation fields are date.data.synthetic.SyntheticParams) and ``branch_weighting`` (date.branch_weighting's class).
 """
 from __future__ import annotations
 
@@ -263,6 +262,7 @@ class EvaluateConfig:
     overwrite: bool = False  # true: out= may replace an existing file that is not an earlier evaluation JSON
     # FCOS (assigner=o2m): NMS at this IoU instead of the checkpoint's model.nms_thresh (null: the checkpoint's)
     nms_thresh: Optional[float] = checked(None, lambda v: v is None or 0.0 < v <= 1.0, "an IoU in (0, 1], or null")
+    branch: Optional[str] = checked(None, lambda v: v in (None, "o2m"), "null or o2m")  # o2m: DATE's o2m branch + NMS
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 The detector and dataset configs are read from the checkpoint (``dataset=<preset> dataset.key=...``
 replaces the dataset; ``nms_thresh=`` an FCOS baseline's NMS IoU); only the validation split is built. Prints the
-12 COCO numbers (and CrowdHuman's four on a CrowdHuman-format dataset) and, with ``out=``, writes
+12 COCO numbers (and CrowdHuman's four on a CrowdHuman-format dataset) of the inference branch (``branch=o2m``:
+of DATE's o2m branch with NMS, a diagnostic) and, with ``out=``, writes
 them as JSON (atomically). Writes nothing else: no run dir, no log file (the log is the console's). Bad input
 (the output path included: not the checkpoint, not a folder, writable) ends with a message and exit code 2
 before the evaluation starts, as in date.train; a failed write of ``out`` with exit code 1.
@@ -62,11 +63,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
     dataset_cfg = cfg.dataset if cfg.dataset is not None else checkpoint_config(saved).dataset
     val_set = build_val_dataset(dataset_cfg)
     model = detector_from_checkpoint(saved, num_classes=val_set.num_classes)
+    if cfg.branch is not None:  # DATE's o2m branch, with NMS: what the dense supervision learned on its own
+        if cfg.branch not in model.head.branches:
+            raise ConfigError(f"branch={cfg.branch}: {checkpoint} has no {cfg.branch} branch (its branches: "
+                              f"{', '.join(model.head.branches)}); branch=o2m needs a DATE checkpoint "
+                              "(assigner=dual). Leave it out to evaluate the inference branch.")
+        model.inference_branch = cfg.branch
     if cfg.nms_thresh is not None:
         if model.inference_branch != "o2m":
             raise ConfigError(f"nms_thresh={cfg.nms_thresh}: {checkpoint} is a one-to-one detector (it infers "
-                              "without NMS); nms_thresh applies to the FCOS baseline (assigner=o2m) only. "
-                              "Leave it out.")
+                              "without NMS); nms_thresh applies to the FCOS baseline (assigner=o2m) and to branch=o2m "
+                              "only. Leave it out.")
         model.decoding = dataclasses.replace(model.decoding, nms_thresh=float(cfg.nms_thresh))
     model.to(device)
     stats, results = evaluate(model=model, loader=build_eval_loader(val_set, batch_size=cfg.batch_size,
@@ -96,7 +103,7 @@ ENTRYPOINT = cli.Entrypoint(
     module="date.evaluate", config_name="evaluate", schema=EvaluateConfig, sections={"dataset": DatasetConfig},
     renamed={"output": "out"}, check_config=check_ranges,
     usage="python -m date.evaluate checkpoint=<model_final.pth | last.pth> [out=eval.json] [nms_thresh=0.5] "
-          "[key=value ...]",
+          "[branch=o2m] [key=value ...]",
     about="Evaluates a checkpoint of date.train with COCOeval on the val split of its dataset (or of "
           "dataset=<preset> dataset.<key>=..., the keys of `python -m date.train --help`) and prints the 12 "
           "numbers; out= also writes them as JSON. Writes nothing else.",
