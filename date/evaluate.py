@@ -80,7 +80,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
                                                                     num_workers=cfg.num_workers),
                               coco_gt=val_set.coco, label_to_category_id=val_set.label_to_category_id, device=device,
                               amp_dtype=autocast_dtype(amp_setting(cfg.amp), device),
-                              label=inference_label(model.inference_branch))
+                              label=inference_label(model.inference_branch) if cfg.branch is None
+                              else "DATE's o2m branch + NMS (a diagnostic)")
     if isinstance(val_set, CrowdHumanDetection):  # CrowdHuman's own metrics beside COCO's
         crowd = crowd_score(val_set, results, val_set.ids, label="of the checkpoint")
         stats.update({f"crowd/{k}": v for k, v in crowd.items()})

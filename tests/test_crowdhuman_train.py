@@ -51,7 +51,7 @@ def test_a_tiny_crowdhuman_dataset_trains(tmp_path, train_env):
     refused = run_in_process("date.evaluate", [f"checkpoint={run_dir / 'model_final.pth'}", "nms_thresh=0.5"],
                              env=train_env, cwd=tmp_path)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
-    assert "nms_thresh=0.5: " in refused.stderr and "applies to the FCOS baseline (assigner=o2m) only" in refused.stderr
+    assert "nms_thresh=0.5: " in refused.stderr and "applies to the FCOS baseline (assigner=o2m) and to branch=o2m only" in refused.stderr
 
 
 def _last_numbers(output: str) -> str:

@@ -1,7 +1,9 @@
 """`python -m date.predict` as a user runs it, on the checkpoint of a real (smoke) training: COCO results equal to the
 evaluation's detections, one drawn image per input, and bad input as one paragraph."""
 import json
+import math
 import os
+import re
 import shutil
 
 import pytest
@@ -33,7 +35,8 @@ def env(tmp_path_factory, data_cache) -> dict[str, str]:
 def trained(env, tmp_path_factory, data_cache):
     """(model_final.pth of a smoke training, its val split)."""
     cwd = tmp_path_factory.mktemp("train")
-    result = run_in_process("date.train", SMOKE, env=env, cwd=cwd)  # nothing of the process is tested here
+    # nothing of the process is tested here; eval_o2m_branch=true also scores DATE's o2m branch (the training is the same)
+    result = run_in_process("date.train", [*SMOKE, "eval_o2m_branch=true"], env=env, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     [checkpoint] = cwd.glob("outputs/**/model_final.pth")
     dataset = checkpoint_config(ckpt.load(checkpoint)).dataset
@@ -107,6 +110,49 @@ def test_evaluate_writes_out_alone_and_replaces_an_earlier_evaluation(trained, e
         results.append(json.loads((tmp_path / "eval.json").read_text()))
     assert results[0] == results[1] and len(results[0]) == 12
     assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]  # no outputs/evaluate/<time>/
+
+
+@pytest.mark.slow
+def test_evaluate_branch_o2m_scores_the_o2m_branch_as_the_training_did(trained, env, tmp_path):
+    """branch=o2m gives what the training's last evaluation gave its o2m branch (val/o2m/*, and as many detections
+    after NMS), with NMS at the checkpoint's or the given threshold."""
+    checkpoint, _ = trained
+    final = json.loads((checkpoint.parent / "eval_results.json").read_text())[-1]
+    result = run_in_process("date.evaluate", [f"checkpoint={checkpoint}", "num_workers=0", "device=cpu",
+                                              "branch=o2m", f"out={tmp_path / 'o2m.json'}"], env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    o2m = json.loads((tmp_path / "o2m.json").read_text())
+    assert o2m == pytest.approx({k[len("val/o2m/"):]: v for k, v in final.items() if k.startswith("val/o2m/")})
+    count = re.compile(r"COCO bbox evaluation of (.+?) on \d+ images, (\d+) detections")
+    evaluated = count.findall(result.stdout + result.stderr)
+    assert [label for label, _ in evaluated] == ["DATE's o2m branch + NMS (a diagnostic)"]
+    trained_counts = dict(count.findall((checkpoint.parent / "train.log").read_text()))  # the last of each label
+    final_epoch = final["epoch"]
+    assert evaluated[0][1] == trained_counts[f"the o2m branch + NMS (a diagnostic) after epoch {final_epoch}"]
+    # NMS runs on that branch, at nms_thresh= when given: with the o2m boxes widened by hand (~12 px around
+    # locations 8 px apart) and room for every candidate, a lower threshold keeps fewer of them
+    saved = ckpt.load(checkpoint)
+    saved["model"]["head.predictors.o2m.box.bias"] += math.log(12.0)
+    saved["config"]["model"]["detections_per_img"] = 1000
+    ckpt.save_atomic(saved, tmp_path / "wide.pth")
+
+    def detections(*args) -> int:
+        result = run_in_process("date.evaluate", ["checkpoint=wide.pth", "num_workers=0", "device=cpu", "branch=o2m",
+                                                  *args], env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return int(count.findall(result.stdout + result.stderr)[0][1])
+    assert detections("nms_thresh=0.1") < detections() < detections("nms_thresh=1.0")
+
+
+@pytest.mark.slow
+def test_evaluate_branch_o2m_of_a_poto_checkpoint_is_refused_with_its_branches(env, tmp_path):
+    trained = run_in_process("date.train", [*SMOKE, "assigner=o2o", "hydra.run.dir=poto"], env=env, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    result = run_in_process("date.evaluate", ["checkpoint=poto/model_final.pth", "branch=o2m", "out=o2m.json"],
+                            env=env, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "branch=o2m: " in result.stderr and "has no o2m branch (its branches: o2o)" in result.stderr
+    assert not (tmp_path / "o2m.json").exists()
 
 
 @pytest.mark.slow

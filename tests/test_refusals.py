@@ -106,6 +106,7 @@ def test_predict_refuses_an_output_folder_that_is_a_file_or_holds_other_files(ch
     ("date.evaluate", ["dataset=coco", "dataset.rot=/x"], "dataset.rot (did you mean dataset.root?)"),
     ("date.evaluate", ["batch_size=0"], "batch_size=0: expected >= 1"),
     ("date.evaluate", ["device=cuda:7"], "device=cuda:7: this process sees"),
+    ("date.evaluate", ["branch=o2o"], "branch='o2o': expected null or o2m"),
     ("date.predict", ["images=.", "+score_thres=0.5"], "score_thres (did you mean score_thresh?)"),
     ("date.predict", ["images=.", "score_thresh=2"], "score_thresh=2.0: expected a number in [0, 1]"),
     ("date.export", ["outt=m.onnx"], "outt (did you mean out?)"),
