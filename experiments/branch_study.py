@@ -197,6 +197,7 @@ def figure(result: dict, folder: Path) -> None:
         ax.invert_yaxis()
         ax.set_xlabel("paired Δ AP (points), 95% interval")
         ax.set_title(title, fontsize=9)
+    fig.suptitle("filled: primary endpoints (Holm within each part); open: secondary, unadjusted", fontsize=8)
     for suffix in ("png", "pdf"):
         fig.savefig(folder / f"branch_study.{suffix}", dpi=150)
     plt.close(fig)
