@@ -129,7 +129,7 @@ def _mean_std(summary) -> str:
 
 
 def part_tables(runs, part: str, seeds: list[int]) -> tuple[list[str], dict]:
-    lines = [f"## Part {part}: {len(seeds)} paired seeds ({', '.join(map(str, seeds))})", "",
+    lines = [f"## Part {part}: seeds {', '.join(map(str, seeds))}, paired", "",
              "| run | AP (inference branch) | DATE's o2m branch + NMS | trained at |", "| --- | ---: | ---: | --- |"]
     for v in PARTS[part]:
         ap = summarize([value(runs[v][s], "o2o") for s in seeds])
