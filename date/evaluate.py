@@ -22,12 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from date.coco_eval import crowd_score, evaluate, inference_label
 from date import cli
-from date.config import ConfigError, EvaluateConfig, amp_setting, check_ranges
+from date.config import BRANCHES, ConfigError, EvaluateConfig, Mode, amp_setting, check_ranges
 from date.data.build import DatasetConfig, build_val_dataset
 from date.data.crowdhuman import CrowdHumanDetection
 from date.data.loader import build_eval_loader
 from date.errors import INPUT_ERRORS
-from date.modeling.build import checkpoint_config, detector_from_checkpoint
+from date.modeling.build import checkpoint_config, detector_from_checkpoint, inference_branch
 from date.runtime import checkpoint as ckpt
 from date.runtime.distributed import autocast_dtype, resolve_device
 from date.runtime.logs import errors_as_messages, quiet_third_party
@@ -53,6 +53,24 @@ def output_path(cfg: DictConfig, checkpoint: Path) -> Optional[Path]:
                              inputs={"checkpoint": checkpoint}, is_own=is_evaluation_json, overwrite=cfg.overwrite)
 
 
+def branch_to_evaluate(cfg: DictConfig, saved: dict, checkpoint: Path) -> str:
+    """The branch to evaluate: the checkpoint's inference branch, or ``branch=o2m`` (DATE's o2m branch with NMS:
+    what the dense supervision learned on its own). ``branch`` and ``nms_thresh`` are checked against the
+    checkpoint's branches (read from its training config)."""
+    mode = Mode(checkpoint_config(saved).assigner.mode)
+    branches = BRANCHES[mode]
+    if cfg.branch is not None and cfg.branch not in branches:
+        raise ConfigError(f"branch={cfg.branch}: {checkpoint} has no {cfg.branch} branch (its branches: "
+                          f"{', '.join(branches)}); branch=o2m needs a DATE checkpoint "
+                          "(assigner=dual). Leave it out to evaluate the inference branch.")
+    branch = cfg.branch if cfg.branch is not None else inference_branch(mode)
+    if cfg.nms_thresh is not None and branch != "o2m":
+        raise ConfigError(f"nms_thresh={cfg.nms_thresh}: {checkpoint} is a one-to-one detector (it infers "
+                          "without NMS); nms_thresh applies to the FCOS baseline (assigner=o2m) and to branch=o2m "
+                          "only. Leave it out.")
+    return branch
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise ConfigError("No checkpoint given: pass checkpoint=<path of model_final.pth or last.pth>.")
@@ -60,20 +78,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     out = output_path(cfg, checkpoint)
     device = resolve_device(cfg.device)
     saved = ckpt.load(checkpoint)
+    branch = branch_to_evaluate(cfg, saved, checkpoint)  # refused here, before the val split is built
     dataset_cfg = cfg.dataset if cfg.dataset is not None else checkpoint_config(saved).dataset
     val_set = build_val_dataset(dataset_cfg)
     model = detector_from_checkpoint(saved, num_classes=val_set.num_classes)
-    if cfg.branch is not None:  # DATE's o2m branch, with NMS: what the dense supervision learned on its own
-        if cfg.branch not in model.head.branches:
-            raise ConfigError(f"branch={cfg.branch}: {checkpoint} has no {cfg.branch} branch (its branches: "
-                              f"{', '.join(model.head.branches)}); branch=o2m needs a DATE checkpoint "
-                              "(assigner=dual). Leave it out to evaluate the inference branch.")
-        model.inference_branch = cfg.branch
+    model.inference_branch = branch
     if cfg.nms_thresh is not None:
-        if model.inference_branch != "o2m":
-            raise ConfigError(f"nms_thresh={cfg.nms_thresh}: {checkpoint} is a one-to-one detector (it infers "
-                              "without NMS); nms_thresh applies to the FCOS baseline (assigner=o2m) and to branch=o2m "
-                              "only. Leave it out.")
         model.decoding = dataclasses.replace(model.decoding, nms_thresh=float(cfg.nms_thresh))
     model.to(device)
     stats, results = evaluate(model=model, loader=build_eval_loader(val_set, batch_size=cfg.batch_size,

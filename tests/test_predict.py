@@ -153,6 +153,16 @@ def test_evaluate_branch_o2m_of_a_poto_checkpoint_is_refused_with_its_branches(e
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "branch=o2m: " in result.stderr and "has no o2m branch (its branches: o2o)" in result.stderr
     assert not (tmp_path / "o2m.json").exists()
+    # refused from the checkpoint's config, before the val split is built: a dataset that cannot be built is not
+    # reached (alone, it is refused with its own message)
+    missing = ["dataset=coco", f"dataset.root={tmp_path / 'no_coco'}"]
+    alone = run_in_process("date.evaluate", ["checkpoint=poto/model_final.pth", *missing], env=env, cwd=tmp_path)
+    assert alone.returncode == 2 and "no_coco is not a folder" in alone.stderr, alone.stderr[-3000:]
+    for refused in (["branch=o2m"], ["nms_thresh=0.5"]):
+        result = run_in_process("date.evaluate", ["checkpoint=poto/model_final.pth", *refused, *missing], env=env,
+                                cwd=tmp_path)
+        assert result.returncode == 2 and f"{refused[0]}: " in result.stderr, result.stderr[-3000:]
+        assert "no_coco" not in result.stderr, result.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -31,8 +31,13 @@ def build_detector(cfg, *, num_classes: int) -> DATEDetector:
                     branches=BRANCHES[mode], options=options)
     decoding = Decoding(score_thresh=m.score_thresh, topk_candidates=m.topk_candidates,
                         detections_per_img=m.detections_per_img, nms_thresh=m.nms_thresh)
-    return DATEDetector(backbone=body, head=head, strides=STRIDES, inference_branch="o2m" if mode == Mode.o2m else "o2o",
+    return DATEDetector(backbone=body, head=head, strides=STRIDES, inference_branch=inference_branch(mode),
                         decoding=decoding)
+
+
+def inference_branch(mode: Mode) -> str:
+    """The branch a detector of ``mode`` infers with: o2o (no NMS) unless only o2m trains."""
+    return "o2m" if mode == Mode.o2m else "o2o"
 
 
 def build_criterion(cfg) -> DATECriterion:
