@@ -8,6 +8,7 @@
 #
 #   experiments/nms_free_study.sh pilot          # seeds 100-101 at 1x: the spread behind the seed count
 #   experiments/nms_free_study.sh study          # seeds 0 .. N-1 at 1x, N below, fixed by the pilot before the study
+#   SCHEDULE=3x experiments/nms_free_study.sh pilot|study   # the same at 3x, its own pilot and N
 #
 # Two lanes run side by side (even and odd seeds), each run on one thread (one seed is one run only at one thread
 # count). Rerun the same command to resume: a seed whose four evaluation files exist is skipped, a run continues
@@ -17,13 +18,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiments/lib/two_lanes.sh
-N=6  # pre-registered: the study's pairs at 1x, from the pilot (experiments/results/nms_free_study/1x/pilot/seed_counts.md)
+# Pre-registered pairs per schedule, each from its own pilot (experiments/results/nms_free_study/<schedule>/pilot/
+# seed_counts.md), written here before that schedule's study runs: 1x 6; 3x not yet (its pilot first).
+declare -A PAIRS=([1x]=6)
 STAGE=${1:?usage: experiments/nms_free_study.sh pilot|study [overrides]}
 shift
 SCHEDULE=${SCHEDULE:-1x}
+N=${PAIRS[$SCHEDULE]:-}
 case $STAGE in
   pilot) SEEDS=(100 101); OUT=${OUT:-experiments/results/nms_free_study/$SCHEDULE/pilot} ;;
-  study) : "${N:?N is set from the pilot (experiments/nms_free_study.py seeds ...): run the pilot first}"
+  study) : "${N:?no seed count for $SCHEDULE yet: run SCHEDULE=$SCHEDULE experiments/nms_free_study.sh pilot, then experiments/nms_free_study.py seeds on its folder, and write N into PAIRS here}"
          mapfile -t SEEDS < <(seq 0 $((N - 1))); OUT=${OUT:-experiments/results/nms_free_study/$SCHEDULE} ;;
   *) echo "experiments/nms_free_study.sh: the stage is pilot or study, not '$STAGE'" >&2; exit 2 ;;
 esac
