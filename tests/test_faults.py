@@ -114,9 +114,9 @@ def test_weights_that_overflow_on_an_epochs_last_step_are_never_saved(tmp_path, 
     (["name=a,b", "hydra.sweep.dir=SWEEP"], "name=a,b (left out of run-dir names)"),
     (["seed=0,0"], "seed=0,0 (a value listed twice)"),
 ])
-def test_a_sweep_whose_jobs_would_share_a_run_dir_fails_at_launch(sweep, reason, tmp_path, train_env):
+def test_a_sweep_whose_jobs_would_share_a_run_dir_fails_at_launch(sweep, reason, tmp_path, fresh_env):
     sweep = [s.replace("SWEEP", str(tmp_path / "sweep")) for s in sweep]
-    result = run_in_process("date.train", ["-m", *sweep, *SMOKE], env=train_env, cwd=tmp_path)
+    result = run_in_process("date.train", ["-m", *sweep, *SMOKE], env=fresh_env, cwd=tmp_path)
     assert result.returncode == 2
     _no_traceback(result)
     message = _error_paragraph(result.stderr)
@@ -126,13 +126,13 @@ def test_a_sweep_whose_jobs_would_share_a_run_dir_fails_at_launch(sweep, reason,
 
 
 @pytest.mark.slow
-def test_sweeping_name_keeps_jobs_apart_through_the_sweep_dir(tmp_path, train_env):
+def test_sweeping_name_keeps_jobs_apart_through_the_sweep_dir(tmp_path, fresh_env):
     # conf/config.yaml's sweep dir is multirun/${name}/...: name is left out of the job dir, yet separates jobs
-    result = run_in_process("date.train", ["-m", "name=a,b", *SMOKE], env=train_env, cwd=tmp_path)
+    result = run_in_process("date.train", ["-m", "name=a,b", *SMOKE], env=fresh_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     finals = sorted(tmp_path.glob("multirun/*/*/*/model_final.pth"))
     assert [p.parts[-4] for p in finals] == ["a", "b"]
-    client = MlflowClient(train_env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(fresh_env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("date").experiment_id])
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
 

@@ -39,8 +39,8 @@ def _only(folder, *names):
 
 
 @pytest.mark.parametrize("module", ["date.evaluate", "date.export"])
-def test_an_output_equal_to_the_checkpoint_is_refused(module, checkpoint, tmp_path, train_env):
-    result = run_module(module, [f"checkpoint={checkpoint}", f"out={checkpoint}"], env=train_env, cwd=tmp_path)
+def test_an_output_equal_to_the_checkpoint_is_refused(module, checkpoint, tmp_path, fresh_env):
+    result = run_module(module, [f"checkpoint={checkpoint}", f"out={checkpoint}"], env=fresh_env, cwd=tmp_path)
     _refused(result, f"out={checkpoint} is the input checkpoint={checkpoint}", "would destroy it")
     assert checkpoint.read_bytes() == b"weights that took a day to train"
     _only(tmp_path, "ck.pth")  # no outputs/<module>/<time>/ either
@@ -48,53 +48,53 @@ def test_an_output_equal_to_the_checkpoint_is_refused(module, checkpoint, tmp_pa
 
 @pytest.mark.parametrize("module", ["date.evaluate", "date.export"])
 @pytest.mark.parametrize("folder", ["new/", "existing"])
-def test_a_folder_given_as_the_output_file_is_refused(module, folder, checkpoint, tmp_path, train_env):
+def test_a_folder_given_as_the_output_file_is_refused(module, folder, checkpoint, tmp_path, fresh_env):
     (tmp_path / "existing").mkdir()
-    result = run_module(module, [f"checkpoint={checkpoint}", f"out={tmp_path}/{folder}"], env=train_env, cwd=tmp_path)
+    result = run_module(module, [f"checkpoint={checkpoint}", f"out={tmp_path}/{folder}"], env=fresh_env, cwd=tmp_path)
     _refused(result, "is a folder, and out= names the file to write")
     _only(tmp_path, "ck.pth", "existing")
 
 
 @pytest.mark.parametrize("module,kind", [("date.evaluate", "an evaluation JSON"), ("date.export", "an ONNX model")])
-def test_an_existing_file_of_another_kind_is_kept_unless_overwrite(module, kind, checkpoint, tmp_path, train_env):
+def test_an_existing_file_of_another_kind_is_kept_unless_overwrite(module, kind, checkpoint, tmp_path, fresh_env):
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes")
-    result = run_module(module, [f"checkpoint={checkpoint}", f"out={notes}"], env=train_env, cwd=tmp_path)
+    result = run_module(module, [f"checkpoint={checkpoint}", f"out={notes}"], env=fresh_env, cwd=tmp_path)
     _refused(result, f"out={notes} exists and is not {kind}", "overwrite=true")
     # overwrite=true lets it through this check: the (fake) checkpoint is what is refused next
-    result = run_module(module, [f"checkpoint={checkpoint}", f"out={notes}", "overwrite=true"], env=train_env,
+    result = run_module(module, [f"checkpoint={checkpoint}", f"out={notes}", "overwrite=true"], env=fresh_env,
                         cwd=tmp_path)
     _refused(result, f"Cannot read checkpoint {checkpoint}")
     assert notes.read_text() == "my notes"
 
 
-def test_an_earlier_evaluation_json_is_replaced_without_asking(checkpoint, tmp_path, train_env):
+def test_an_earlier_evaluation_json_is_replaced_without_asking(checkpoint, tmp_path, fresh_env):
     earlier = tmp_path / "eval.json"
     earlier.write_text(json.dumps({"AP": 0.1, "AP50": 0.2}))
-    result = run_module("date.evaluate", [f"checkpoint={checkpoint}", f"out={earlier}"], env=train_env, cwd=tmp_path)
+    result = run_module("date.evaluate", [f"checkpoint={checkpoint}", f"out={earlier}"], env=fresh_env, cwd=tmp_path)
     _refused(result, f"Cannot read checkpoint {checkpoint}")  # past the output check
 
 
 @pytest.mark.parametrize("module,out", [("date.evaluate", "/proc/date/eval.json"), ("date.export", "/proc/m.onnx")])
-def test_an_unwritable_output_is_refused_before_the_work(module, out, checkpoint, tmp_path, train_env):
+def test_an_unwritable_output_is_refused_before_the_work(module, out, checkpoint, tmp_path, fresh_env):
     # /proc takes no new file, even from root (who ignores permission bits): as a read-only file system
-    result = run_module(module, [f"checkpoint={checkpoint}", f"out={out}"], env=train_env, cwd=tmp_path)
+    result = run_module(module, [f"checkpoint={checkpoint}", f"out={out}"], env=fresh_env, cwd=tmp_path)
     _refused(result, f"out={out}: nothing can be written in /proc")
 
 
-def test_predict_refuses_an_output_folder_that_is_a_file_or_holds_other_files(checkpoint, tmp_path, train_env):
+def test_predict_refuses_an_output_folder_that_is_a_file_or_holds_other_files(checkpoint, tmp_path, fresh_env):
     images = tmp_path / "images"
     images.mkdir()
     (images / "a.png").write_bytes(b"")
     args = [f"checkpoint={checkpoint}", f"images={images}"]
-    _refused(run_module("date.predict", [*args, f"out={checkpoint}"], env=train_env, cwd=tmp_path),
+    _refused(run_module("date.predict", [*args, f"out={checkpoint}"], env=fresh_env, cwd=tmp_path),
              f"out={checkpoint} is a file")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "b.png").write_bytes(b"my picture")
-    _refused(run_module("date.predict", [*args, f"out={mine}"], env=train_env, cwd=tmp_path),
+    _refused(run_module("date.predict", [*args, f"out={mine}"], env=fresh_env, cwd=tmp_path),
              f"out={mine} holds files that this command did not write")
-    _refused(run_module("date.predict", [*args, f"out={tmp_path / 'new'}"], env=train_env, cwd=tmp_path),
+    _refused(run_module("date.predict", [*args, f"out={tmp_path / 'new'}"], env=fresh_env, cwd=tmp_path),
              f"Cannot read checkpoint {checkpoint}")
     _only(tmp_path, "ck.pth", "images", "mine")  # no out= folder, no outputs/predict/<time>
     assert (mine / "b.png").read_bytes() == b"my picture" and checkpoint.read_bytes().startswith(b"weights")
@@ -113,8 +113,8 @@ def test_predict_refuses_an_output_folder_that_is_a_file_or_holds_other_files(ch
     ("date.export", ["overwrite=maybe"], "overwrite=maybe: Value 'maybe' is not a valid bool"),
 ])
 def test_unknown_keys_and_bad_values_of_evaluate_predict_export(module, args, expected, checkpoint, tmp_path,
-                                                                train_env):
-    result = run_module(module, [f"checkpoint={checkpoint}", *args], env=train_env, cwd=tmp_path)
+                                                                fresh_env):
+    result = run_module(module, [f"checkpoint={checkpoint}", *args], env=fresh_env, cwd=tmp_path)
     _refused(result, expected)
     _only(tmp_path, "ck.pth")
 
@@ -127,8 +127,8 @@ def test_unknown_keys_and_bad_values_of_evaluate_predict_export(module, args, ex
     (["--preset", "nope"], "dataset=nope: the dataset group has no option 'nope'"),
     (["model.size_of_interest=[1,2]"], "model.size_of_interest=[1.0, 2.0]: expected 4 increasing boundaries"),
 ])
-def test_synthetic_cli_bad_overrides_are_one_paragraph(args, expected, tmp_path, train_env):
-    result = run_module("date.data.synthetic", ["--cache-dir", str(tmp_path / "cache"), *args], env=train_env,
+def test_synthetic_cli_bad_overrides_are_one_paragraph(args, expected, tmp_path, fresh_env):
+    result = run_module("date.data.synthetic", ["--cache-dir", str(tmp_path / "cache"), *args], env=fresh_env,
                         cwd=tmp_path)
     _refused(result, expected)
     _only(tmp_path)
@@ -139,24 +139,24 @@ def test_synthetic_cli_bad_overrides_are_one_paragraph(args, expected, tmp_path,
                                   "written"),
     ("sqlite:///TMP/notes.txt", "cannot be used: SQLite cannot read TMP/notes.txt (file is not a database)"),
 ])
-def test_an_unusable_mlflow_store_is_refused_at_once(store, expected, tmp_path, train_env):
+def test_an_unusable_mlflow_store_is_refused_at_once(store, expected, tmp_path, fresh_env):
     """MLflow itself retries such a store for about two minutes, then prints a long traceback."""
     (tmp_path / "notes.txt").write_text("not a database")
     store, expected = store.replace("TMP", str(tmp_path)), expected.replace("TMP", str(tmp_path))
-    result = run_module("date.train", [*SMOKE, f"tracking.uri={store}"], env=train_env, cwd=tmp_path)
+    result = run_module("date.train", [*SMOKE, f"tracking.uri={store}"], env=fresh_env, cwd=tmp_path)
     _refused(result, expected)
     _only(tmp_path, "notes.txt")
 
 
-def test_a_backbone_weights_file_that_is_not_a_state_dict_is_refused_before_the_run(tmp_path, train_env):
+def test_a_backbone_weights_file_that_is_not_a_state_dict_is_refused_before_the_run(tmp_path, fresh_env):
     weights = tmp_path / "resnet18.pth"
     weights.write_text("hello")
-    result = run_module("date.train", [*SMOKE, f"backbone.weights={weights}"], env=train_env, cwd=tmp_path)
+    result = run_module("date.train", [*SMOKE, f"backbone.weights={weights}"], env=fresh_env, cwd=tmp_path)
     _refused(result, f"backbone.weights={weights} cannot be read by torch.load")
     _only(tmp_path, "resnet18.pth")  # no run dir, no MLflow store
 
 
-def test_data_refused_inside_the_job_leaves_no_run_dir(tmp_path, train_env):
+def test_data_refused_inside_the_job_leaves_no_run_dir(tmp_path, fresh_env):
     """A malformed annotation file is found when the job reads it, after Hydra made the run dir: that dir goes."""
     data = tmp_path / "data"
     data.mkdir()
@@ -164,7 +164,7 @@ def test_data_refused_inside_the_job_leaves_no_run_dir(tmp_path, train_env):
     (data / "val.json").write_text("{}")
     args = ["dataset=coco_json", f"dataset.train_ann={data / 'train.json'}", f"dataset.train_images={data}",
             f"dataset.val_ann={data / 'val.json'}", f"dataset.val_images={data}", *SMOKE]
-    result = run_module("date.train", args, env=train_env, cwd=tmp_path)
+    result = run_module("date.train", args, env=fresh_env, cwd=tmp_path)
     _refused(result, str(data / "train.json"))
     _only(tmp_path, "data")  # no outputs/, no MLflow store or run
 

@@ -54,10 +54,10 @@ def _history(client, run_id, key):
     return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-def test_sweep_is_one_job_array_with_one_mlflow_run_per_job(tmp_path, train_env):
+def test_sweep_is_one_job_array_with_one_mlflow_run_per_job(tmp_path, fresh_env):
     sweep = tmp_path / "sweep"
     result = run_module("date.train", ["-m", *SLURM_CPU, "assigner=o2o,dual", *SMOKE, f"hydra.sweep.dir={sweep}"],
-                        env=train_env, cwd=tmp_path, timeout=300)
+                        env=fresh_env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Sweep finished: 2 of 2 jobs completed. Results in {sweep}" in result.stdout  # Hydra's log
     assert result.stdout.count("  COMPLETED  #") == 2
@@ -67,7 +67,7 @@ def test_sweep_is_one_job_array_with_one_mlflow_run_per_job(tmp_path, train_env)
     assert sorted(r[0] for r in rows) == [f"{array}_0", f"{array}_1"]  # one array, two tasks
     assert all(r[1] == "debug" and r[2] == "COMPLETED" for r in rows), rows
 
-    client, runs = _runs(train_env["MLFLOW_TRACKING_URI"])
+    client, runs = _runs(fresh_env["MLFLOW_TRACKING_URI"])
     assert sorted(r.data.tags["assigner"] for r in runs) == ["dual", "o2o"]
     assert {r.data.tags["sweep_id"] for r in runs} == {(sweep / "sweep_id").read_text().strip()}
     for run in runs:
@@ -75,11 +75,11 @@ def test_sweep_is_one_job_array_with_one_mlflow_run_per_job(tmp_path, train_env)
         assert [s for s, _ in _history(client, run.info.run_id, "val/AP")] == [1, 2]
 
 
-def test_two_tasks_train_one_ddp_run_with_identical_weights(tmp_path, train_env):
+def test_two_tasks_train_one_ddp_run_with_identical_weights(tmp_path, fresh_env):
     sweep = tmp_path / "sweep"
     smoke = [a for a in SMOKE if not a.startswith("batch_size=")]
     result = run_module("date.train", ["-m", *SLURM_CPU, "hydra.launcher.tasks_per_node=2", *smoke, "batch_size=2",
-                                       f"hydra.sweep.dir={sweep}"], env=train_env, cwd=tmp_path, timeout=300)
+                                       f"hydra.sweep.dir={sweep}"], env=fresh_env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
     logs = {0: (run_dir / "train.log").read_text(), 1: (run_dir / "train_rank1.log").read_text()}
@@ -93,7 +93,7 @@ def test_two_tasks_train_one_ddp_run_with_identical_weights(tmp_path, train_env)
     assert f"Weights identical on all 2 ranks (checksum {checksums[0]})" in logs[0]
     assert len(list(run_dir.glob("*.pth"))) == 2  # last.pth + model_final.pth, written by rank 0
 
-    client, runs = _runs(train_env["MLFLOW_TRACKING_URI"])
+    client, runs = _runs(fresh_env["MLFLOW_TRACKING_URI"])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert [s for s, _ in _history(client, runs[0].info.run_id, "val/AP")] == [1, 2]
 
@@ -106,12 +106,12 @@ PREEMPT = RESUMABLE
 PREEMPT_ITERS = RESUMABLE_ITERS
 
 
-def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp_path, train_env, reference_run):
+def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp_path, fresh_env, reference_run):
     sweep = tmp_path / "sweep"
     command = [sys.executable, "-m", "date.train", "-m", *SLURM_CPU, "hydra.launcher.partition=lowprio",
                "hydra.launcher.cpus_per_task=2", *PREEMPT, f"hydra.sweep.dir={sweep}"]
     with open(tmp_path / "sweep.out", "w") as out:
-        launcher = subprocess.Popen(command, cwd=tmp_path, env=train_env, stdout=out, stderr=subprocess.STDOUT)
+        launcher = subprocess.Popen(command, cwd=tmp_path, env=fresh_env, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 240
             log = None
@@ -149,7 +149,7 @@ def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp
     final = ckpt.load(log.parent / ckpt.FINAL)["metrics"]
     assert final == ckpt.load(reference_run.run_dir / ckpt.FINAL)["metrics"] and "val/AP" in final
 
-    client, runs = _runs(train_env["MLFLOW_TRACKING_URI"])
+    client, runs = _runs(fresh_env["MLFLOW_TRACKING_URI"])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one run, continued after the requeue
     ref_client, (ref_run,) = _runs(reference_run.tracking_uri)
     for key in ("train/loss", "train/lr", "val/AP"):
@@ -159,7 +159,7 @@ def test_preempted_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp
         assert history == _history(ref_client, ref_run.info.run_id, key), key
 
 
-def test_a_failing_job_is_named_with_its_log_and_the_others_are_kept(tmp_path, train_env):
+def test_a_failing_job_is_named_with_its_log_and_the_others_are_kept(tmp_path, fresh_env):
     sweep = tmp_path / "sweep"
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -169,7 +169,7 @@ def test_a_failing_job_is_named_with_its_log_and_the_others_are_kept(tmp_path, t
            f"dataset.val_ann={broken / 'val.json'}", f"dataset.val_images={broken}"]
     # dataset=synthetic ignores the coco_json paths; dataset=coco_json fails on them when its job reads them
     result = run_module("date.train", ["-m", *SLURM_CPU, "dataset=synthetic,coco_json", *bad, *SMOKE,
-                                       f"hydra.sweep.dir={sweep}"], env=train_env, cwd=tmp_path, timeout=300)
+                                       f"hydra.sweep.dir={sweep}"], env=fresh_env, cwd=tmp_path, timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]
     array = _array_id(sweep)
     err_log = sweep / ".submitit" / f"{array}_1" / f"{array}_1_0_log.err"
@@ -183,17 +183,17 @@ def test_a_failing_job_is_named_with_its_log_and_the_others_are_kept(tmp_path, t
 
     rows = {r[0]: r[2] for r in _sacct(array, want=2)}
     assert rows == {f"{array}_0": "COMPLETED", f"{array}_1": "FAILED"}, rows
-    client, runs = _runs(train_env["MLFLOW_TRACKING_URI"])
+    client, runs = _runs(fresh_env["MLFLOW_TRACKING_URI"])
     assert [(r.data.tags["dataset"], r.info.status) for r in runs] == [("synthetic", "FINISHED")]
     (finished,) = sweep.glob(f"*/{ckpt.FINAL}")  # the synthetic job's results are complete
     assert "- dataset=synthetic" in (finished.parent / ".hydra" / "overrides.yaml").read_text()
 
 
-def test_sbatch_refusing_the_gpus_is_one_paragraph_naming_the_launcher_key(tmp_path, train_env):
+def test_sbatch_refusing_the_gpus_is_one_paragraph_naming_the_launcher_key(tmp_path, fresh_env):
     # the launcher's default gpus_per_node (one GPU per task) on this cluster, which has no GPU gres
     sweep = tmp_path / "sweep"
     gpus = [a for a in SLURM_CPU if not a.startswith("hydra.launcher.gpus_per_node=")]
-    result = run_in_process("date.train", ["-m", *gpus, *SMOKE, f"hydra.sweep.dir={sweep}"], env=train_env,
+    result = run_in_process("date.train", ["-m", *gpus, *SMOKE, f"hydra.sweep.dir={sweep}"], env=fresh_env,
                             cwd=tmp_path)  # nothing reaches a job: the launcher's process is not under test
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]

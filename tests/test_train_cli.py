@@ -28,9 +28,9 @@ from date.runtime.logs import metrics_table
     (["-m", "seed=0,1", "optim.lr=1,-1"], ["optim.lr=-1.0: expected > 0"]),  # a sweep: every job, before launching
     (["--cfg", "job", "optim.lr=-1"], ["optim.lr=-1.0: expected > 0"]),  # printing only a config that would run
 ])
-def test_bad_input_is_one_clear_message(args, expected, tmp_path, train_env):
+def test_bad_input_is_one_clear_message(args, expected, tmp_path, fresh_env):
     """Refused before Hydra creates anything (date/cli.py): exit code 2, one paragraph, nothing left behind."""
-    result = run_in_process("date.train", args, env=train_env, cwd=tmp_path)
+    result = run_in_process("date.train", args, env=fresh_env, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     [message] = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     for text in expected:
@@ -40,11 +40,11 @@ def test_bad_input_is_one_clear_message(args, expected, tmp_path, train_env):
 
 
 @pytest.mark.parametrize("sweep", [[], ["-m", "seed=0,1"]], ids=["run", "sweep"])
-def test_unreachable_tracking_server_fails_fast(sweep, tmp_path, train_env):
+def test_unreachable_tracking_server_fails_fast(sweep, tmp_path, fresh_env):
     """A single run stops before data and model; a sweep before any job is launched (Hydra would only warn about
     its callback's error and launch the jobs, each to fail on its own)."""
     url = f"http://127.0.0.1:{free_port()}"
-    result = run_in_process("date.train", [*sweep, *SMOKE], env={**train_env, "MLFLOW_TRACKING_URI": url},
+    result = run_in_process("date.train", [*sweep, *SMOKE], env={**fresh_env, "MLFLOW_TRACKING_URI": url},
                             cwd=tmp_path)
     assert result.returncode == 2
     [message] = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
@@ -55,13 +55,13 @@ def test_unreachable_tracking_server_fails_fast(sweep, tmp_path, train_env):
 
 
 @pytest.mark.slow
-def test_sweep_gives_one_tagged_run_per_job_with_a_shared_sweep_id(tmp_path, train_env, mlflow_server):
+def test_sweep_gives_one_tagged_run_per_job_with_a_shared_sweep_id(tmp_path, fresh_env, mlflow_server):
     """Through a tracking server whose URI carries a password: no file of the sweep holds it in clear text
     (Hydra's multirun.yaml and .hydra/*.yaml, the checkpoints, the logs)."""
     uri = mlflow_server.url.replace("://", "://user:s3cret@")
     result = run_in_process("date.train", ["-m", "assigner=o2o,dual", *SMOKE, f"hydra.sweep.dir={tmp_path / 'sweep'}",
                                            f"tracking.uri={uri}", "tracking.experiment=cli_sweep"],  # shared server
-                            env=train_env, cwd=tmp_path)
+                            env=fresh_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_files = [p for p in (tmp_path / "sweep").rglob("*") if p.is_file()]
     assert "user:***@" in (tmp_path / "sweep" / "multirun.yaml").read_text()
@@ -100,36 +100,36 @@ def test_sweep_gives_one_tagged_run_per_job_with_a_shared_sweep_id(tmp_path, tra
 
     # the checkpoint evaluates alone to the run's final numbers
     result = run_in_process("date.evaluate", [f"checkpoint={job_dirs[0] / 'model_final.pth'}", "num_workers=0",
-                                              f"out={tmp_path / 'eval.json'}"], env=train_env, cwd=tmp_path)
+                                              f"out={tmp_path / 'eval.json'}"], env=fresh_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in result.stdout
     stats = json.loads((tmp_path / "eval.json").read_text())
     assert stats["AP"] == pytest.approx(dual.data.metrics["val/AP"]) and len(stats) == 12
 
 
-def test_evaluate_refuses_a_missing_checkpoint(tmp_path, train_env):
-    result = run_in_process("date.evaluate", [f"checkpoint={tmp_path / 'nope.pth'}"], env=train_env, cwd=tmp_path)
+def test_evaluate_refuses_a_missing_checkpoint(tmp_path, fresh_env):
+    result = run_in_process("date.evaluate", [f"checkpoint={tmp_path / 'nope.pth'}"], env=fresh_env, cwd=tmp_path)
     assert result.returncode == 2
     assert f"Checkpoint {tmp_path / 'nope.pth'} does not exist" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_cfg_job_shows_the_composed_groups(tmp_path, train_env):
-    result = run_in_process("date.train", ["--cfg", "job", "assigner=o2o", "schedule=3x"], env=train_env,
+def test_cfg_job_shows_the_composed_groups(tmp_path, fresh_env):
+    result = run_in_process("date.train", ["--cfg", "job", "assigner=o2o", "schedule=3x"], env=fresh_env,
                             cwd=tmp_path)
     assert result.returncode == 0
     assert "mode: o2o" in result.stdout and "epochs: 36" in result.stdout and "depth: 18" in result.stdout
 
 
-def test_help_lists_each_key_with_its_default_range_and_comment(tmp_path, train_env):
-    train = run_in_process("date.train", ["--help"], env=train_env, cwd=tmp_path)
+def test_help_lists_each_key_with_its_default_range_and_comment(tmp_path, fresh_env):
+    train = run_in_process("date.train", ["--help"], env=fresh_env, cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
     assert "  optim.lr = 0.0004  (float; > 0)\n      for 16 images per step; scaled by batch_size" in train.stdout
     assert "  assigner.mode = dual  (o2m|o2o|dual)" in train.stdout
     assert "assigner=dual (default) | dual_topk" in train.stdout
     assert "  dataset.num_train = 224  (int)\n      training images" in train.stdout  # SyntheticParams' own comment
     assert "--cfg job" in train.stdout
-    evaluate = run_in_process("date.evaluate", ["--help"], env=train_env, cwd=tmp_path)
+    evaluate = run_in_process("date.evaluate", ["--help"], env=fresh_env, cwd=tmp_path)
     assert "  checkpoint = ??? (required)  (str)" in evaluate.stdout and "  out = null  (str)" in evaluate.stdout
     assert "optim.lr" not in evaluate.stdout and "overwrite = false  (bool)" in evaluate.stdout
     assert list(tmp_path.iterdir()) == []
@@ -145,11 +145,11 @@ def test_final_metrics_table_names_the_branches_and_explains_cocos_minus_one():
 
 
 @pytest.mark.slow
-def test_the_console_shows_the_run_and_the_log_file_keeps_the_libraries_chatter(tmp_path, train_env):
+def test_the_console_shows_the_run_and_the_log_file_keeps_the_libraries_chatter(tmp_path, fresh_env):
     run_dir = tmp_path / "run"
     result = run_module("date.train", [*SMOKE, "tracking.system_metrics=true", "eval_o2m_branch=true",
                                        f"hydra.run.dir={run_dir}"],
-                        env=train_env, cwd=tmp_path)
+                        env=fresh_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     console, log = result.stdout + result.stderr, (run_dir / "train.log").read_text()
     assert "Started monitoring system metrics" in log and "system metrics" not in console
