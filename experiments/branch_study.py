@@ -9,7 +9,8 @@ shared parts, or the level ranges, or the head width makes DATE's branches pull 
 ``--o2m-eval``, the JSON of ``python -m date.evaluate branch=o2m`` on a reused run) into one JSON, the study's data.
 ``analyse`` pairs the runs by seed (analysis.stats.paired_t: mean difference, 95% t-interval, p): each DATE
 variant's o2o branch against POTO and its o2m branch against FCOS alone in the same regime. The primary family
-of each part is Holm-adjusted on its own; a part is analysed when every one of its runs is recorded for each seed.
+of each part is Holm-adjusted on its own; a part is analysed only when every run of its pre-registered seeds (SEEDS)
+is recorded: until then its tables say how many are, and no number of it is shown.
 """
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ SECONDARY = {"A": [("share_towers=false: change of DATE's o2o", "dual_towers", "
                    ("256 ch: change of DATE's o2m", "dual_256", "o2m", "dual", "o2m"),
                    ("256 ch: change of FCOS", "o2m_256", "o2o", "o2m", "o2o")]}
 RUN_FILE = re.compile(r"s(\d+)_(.+)\.json")
+# Pre-registered before the study's first run (experiments/README.md, "branch_study": the power analysis), for both
+# parts; experiments/branch_study.sh reads them from here (`branch_study.py seeds`). None added after looking at p.
+SEEDS = tuple(range(8))
 
 
 def record(run_dir: Path, *, seed: int, variant: str, commit: str, out: Path, o2m_eval: Optional[Path]) -> dict:
@@ -92,14 +96,13 @@ def read_runs(folder: Path) -> dict[str, dict[int, dict]]:
     return runs
 
 
-def complete_seeds(runs, part: str) -> list[int]:
-    """The seeds of a part, every one with all its variants; [] for a part not started. Exits on a part half done."""
-    seeds = sorted(set().union(*(runs[v] for v in PARTS[part])))
-    missing = [(s, v) for s in seeds for v in PARTS[part] if s not in runs[v]]
-    if missing:
-        sys.exit(f"part {part} is not complete ({len(missing)} runs missing, e.g. seed {missing[0][0]} "
-                 f"{missing[0][1]}): rerun experiments/branch_study.sh {part}; every comparison is paired")
-    return seeds
+def recorded_runs(runs, part: str, seeds: tuple[int, ...]) -> int:
+    """How many of the part's runs (its variants x ``seeds``) are recorded; exits on a seed not pre-registered."""
+    extra = sorted({s for v in PARTS[part] for s in runs[v]} - set(seeds))
+    if extra:
+        sys.exit(f"part {part}: runs of seeds {extra}, which are not the pre-registered {list(seeds)} "
+                 "(experiments/branch_study.py SEEDS): remove them; seeds are never added after looking at p")
+    return sum(s in runs[v] for v in PARTS[part] for s in seeds)
 
 
 def value(row: dict, branch: str) -> float:
@@ -153,7 +156,7 @@ def part_tables(runs, part: str, seeds: list[int]) -> tuple[list[str], dict]:
     return lines, rows
 
 
-def analyse(folder: Path) -> dict:
+def analyse(folder: Path, seeds: tuple[int, ...] = SEEDS) -> dict:
     runs = read_runs(folder)
     command = f"python experiments/branch_study.py analyse {folder}"
     lines = ["# The branch study: what makes DATE's branches pull against each other", "",
@@ -161,15 +164,16 @@ def analyse(folder: Path) -> dict:
              "mean ± sd over seeds.", ""]
     result = {"command": command, "commit": commit(), "parts": {}}
     for part in PARTS:
-        seeds = complete_seeds(runs, part)
-        if not seeds:
-            lines += [f"## Part {part}: not run yet (experiments/branch_study.sh {part})", ""]
+        done, total = recorded_runs(runs, part, seeds), len(PARTS[part]) * len(seeds)
+        if done < total:  # every comparison is paired over all the pre-registered seeds: nothing before
+            state = "not run yet" if done == 0 else f"in progress, {done} of its {total} runs recorded"
+            lines += [f"## Part {part}: {state} (experiments/branch_study.sh {part}; analysed when all are)", ""]
             continue
-        part_lines, rows = part_tables(runs, part, seeds)
+        part_lines, rows = part_tables(runs, part, list(seeds))
         lines += part_lines + [""]
-        result["parts"][part] = {"seeds": seeds, "comparisons": rows}
+        result["parts"][part] = {"seeds": list(seeds), "comparisons": rows}
     if not result["parts"]:
-        sys.exit(f"{folder / 'runs'}: no run recorded; run experiments/branch_study.sh A first")
+        sys.exit(f"{folder / 'runs'}: no part has all its runs; run experiments/branch_study.sh A first")
     (folder / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     (folder / "results.md").write_text("\n".join(lines))
     figure(result, folder)
@@ -215,10 +219,13 @@ def main(argv=None) -> None:
     rec.add_argument("--o2m-eval", type=Path, help="python -m date.evaluate branch=o2m's JSON (a reused run)")
     ana = sub.add_parser("analyse", help="the tables and the figure of every complete part")
     ana.add_argument("folder", type=Path, help="the study's output folder, holding runs/")
+    sub.add_parser("seeds", help="print the pre-registered seeds, one a line (for branch_study.sh)")
     args = parser.parse_args(argv)
     if args.stage == "record":
         record(args.run_dir, seed=args.seed, variant=args.variant, commit=args.commit, out=args.out,
                o2m_eval=args.o2m_eval)
+    elif args.stage == "seeds":
+        print("\n".join(map(str, SEEDS)))
     else:
         analyse(args.folder)
 

@@ -10,7 +10,7 @@
 # branch=o2m` on a reused run). experiments/branch_study.py record writes one JSON per run into $OUT/runs/ (the
 # study's data, committed); `experiments/branch_study.py analyse` turns them into the tables and the figure.
 #
-#   experiments/branch_study.sh A      # part A, seeds 0 .. N-1 (N below, fixed before the study's first run)
+#   experiments/branch_study.sh A      # part A, the pre-registered seeds (branch_study.py SEEDS: 0-7)
 #   experiments/branch_study.sh B      # part B, the same seeds
 #
 # Two lanes (even and odd seeds) side by side, one thread each. Rerun the same command to resume: a run whose JSON
@@ -22,7 +22,6 @@ set -euo pipefail
 set -f  # the overrides hold [..] lists: no globbing
 cd "$(dirname "$0")/.."
 source experiments/lib/two_lanes.sh
-N=8  # pre-registered: seeds 0-7 for both parts (experiments/README.md, "branch_study": the power analysis)
 PART=${1:?usage: experiments/branch_study.sh A|B [overrides]}
 shift
 declare -A VARIANT=(
@@ -38,8 +37,11 @@ case $PART in
   B) VARIANTS=(o2o_256 dual_256 o2m_256) ;;
   *) echo "experiments/branch_study.sh: the part is A or B, not '$PART'" >&2; exit 2 ;;
 esac
-mapfile -t SEEDS < <(seq 0 $((N - 1)))
 PYTHON=${PYTHON:-python}
+# the pre-registered seeds 0-7 for both parts (experiments/README.md, "branch_study": the power analysis), kept in
+# one place: experiments/branch_study.py SEEDS, which its analysis waits for
+mapfile -t SEEDS < <("$PYTHON" experiments/branch_study.py seeds)
+[ ${#SEEDS[@]} -gt 0 ] || { echo "experiments/branch_study.sh: no seeds from experiments/branch_study.py seeds" >&2; exit 1; }
 OUT=${OUT:-experiments/results/branch_study}
 STUDY_DIR=${STUDY_DIR:-multirun/branch_study}
 mkdir -p "$STUDY_DIR" "$OUT/runs"

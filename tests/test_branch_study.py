@@ -1,7 +1,8 @@
 """experiments/branch_study.py on runs of known numbers: record reads a run's final evaluation (and a reused run's
-o2m evaluation); analyse gives scipy's paired t-tests, Holm within each part by hand, leaves a part not started
-out and refuses a part half done."""
+o2m evaluation); analyse gives scipy's paired t-tests, Holm within each part by hand, and shows no number of a part
+until every run of its pre-registered seeds is recorded."""
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "experiments"))
 import branch_study  # noqa: E402
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -54,7 +56,7 @@ def _check(row, variant: list[float], baseline: list[float]) -> None:
 def test_analyse_pairs_each_branch_with_its_detector_alone_and_holms_each_part(tmp_path):
     values = _write_part(tmp_path, "A", {"o2m": (0.05, 0.0), "dual": (0.015, -0.06), "dual_towers": (0.02, -0.02),
                                          "o2m_ranges": (0.03, 0.0), "dual_ranges": (0.0, -0.01)})
-    result = branch_study.analyse(tmp_path / "out")
+    result = branch_study.analyse(tmp_path / "out", seeds=SEEDS)
     assert list(result["parts"]) == ["A"] and result["parts"]["A"]["seeds"] == list(SEEDS)
     rows = result["parts"]["A"]["comparisons"]
     # the o2m branch of DATE against FCOS alone: FCOS's value is its inference branch (o2m + NMS)
@@ -76,11 +78,39 @@ def test_analyse_pairs_each_branch_with_its_detector_alone_and_holms_each_part(t
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"results.json", "branch_study.png", "branch_study.pdf"}
 
 
-def test_a_part_half_done_is_refused_and_names_a_missing_run(tmp_path):
-    _write_part(tmp_path, "A", {})
-    (tmp_path / "out" / "runs" / "s3_dual_scales.json").unlink()
-    with pytest.raises(SystemExit, match="part A is not complete .*seed 3 dual_scales"):
-        branch_study.analyse(tmp_path / "out")
+def test_a_part_is_analysed_only_with_every_run_of_its_preregistered_seeds(tmp_path):
+    _write_part(tmp_path, "A", {"dual": (0.02, -0.05)})
+    _write_part(tmp_path, "B", {"dual_256": (0.02, -0.05)})
+    runs = tmp_path / "out" / "runs"
+    (runs / "s3_dual_256.json").unlink()  # part B one run short: reported, not analysed
+    result = branch_study.analyse(tmp_path / "out", seeds=SEEDS)
+    assert list(result["parts"]) == ["A"]
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "## Part B: in progress, 14 of its 15 runs recorded" in text and "256 ch o2o − POTO" not in text
+    # every recorded seed complete is not enough: the pre-registered ones are what is waited for
+    with pytest.raises(SystemExit, match="no part has all its runs"):
+        branch_study.analyse(tmp_path / "out", seeds=(*SEEDS, 5))
+    for v in branch_study.PARTS["B"]:
+        (runs / f"s4_{v}.json").unlink(missing_ok=True)
+    (runs / "s3_o2o_256.json").unlink()
+    (runs / "s3_o2m_256.json").unlink()  # seeds 0-2 of B complete, 3-4 missing
+    result = branch_study.analyse(tmp_path / "out", seeds=SEEDS)
+    assert list(result["parts"]) == ["A"] and "## Part B: in progress, 9 of its 15 runs recorded" in \
+        (tmp_path / "out" / "results.md").read_text()
+    # a run of a seed that was not pre-registered is refused, naming it
+    (runs / "s9_o2o.json").write_text((runs / "s0_o2o.json").read_text())
+    with pytest.raises(SystemExit, match=r"part A: runs of seeds \[9\], which are not the pre-registered"):
+        branch_study.analyse(tmp_path / "out", seeds=SEEDS)
+
+
+def test_the_script_runs_the_preregistered_seeds(tmp_path):
+    """branch_study.sh takes its seeds from branch_study.py (one place): 0-7, as written before the first run."""
+    assert branch_study.SEEDS == tuple(range(8))
+    printed = subprocess.run([sys.executable, str(REPO / "experiments" / "branch_study.py"), "seeds"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert printed == [str(s) for s in branch_study.SEEDS]
+    assert 'mapfile -t SEEDS < <("$PYTHON" experiments/branch_study.py seeds)' in \
+        (REPO / "experiments" / "branch_study.sh").read_text()
 
 
 def test_record_takes_a_reused_runs_o2m_evaluation_and_refuses_a_date_run_without_one(tmp_path):
