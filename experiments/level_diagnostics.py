@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from date.config import ModelConfig
 from date.training.hooks.level_diagnostics import FILE, LEVELS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,8 +29,23 @@ def load(run_dir: Path) -> dict:
     if not path.is_file():
         raise SystemExit(f"{path}: not found; run dirs of a training with the level diagnostics are needed")
     cfg = OmegaConf.load(run_dir / "config_resolved.yaml")
-    return {"run": f"{cfg.assigner.mode}, {cfg.schedule.epochs} epochs, seed {cfg.seed}", "dir": str(run_dir),
-            "history": json.loads(path.read_text())}
+    return {"run": ", ".join([cfg.assigner.mode, *switches(cfg), f"{cfg.schedule.epochs} epochs", f"seed {cfg.seed}"]),
+            "dir": str(run_dir), "history": json.loads(path.read_text())}
+
+
+def switches(cfg) -> list[str]:
+    """``key=value`` of the head switches and level ranges a run changed from the paper's build (the branch
+    study's variants), in the command's spelling."""
+    model, paper = cfg.get("model", {}), ModelConfig()
+    changed = []
+    for key in ("share_towers", "share_scales", "size_of_interest"):
+        if key not in model:
+            continue
+        value = OmegaConf.to_container(model[key]) if OmegaConf.is_list(model[key]) else model[key]
+        if value != getattr(paper, key):
+            text = "[" + ",".join(f"{v:g}" for v in value) + "]" if isinstance(value, list) else str(value).lower()
+            changed.append(f"{key}={text}")
+    return changed
 
 
 def shares(counts: list[int]) -> list[float]:
@@ -57,14 +73,19 @@ def figure(runs: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     with_o2o = [r for r in runs if "o2o" in r["history"][0]]
-    fig, axes = plt.subplots(1, len(with_o2o), figsize=(4.5 * len(with_o2o), 3.4), sharey=True, squeeze=False)
-    for ax, run in zip(axes[0], with_o2o):
+    cols = min(len(with_o2o), 5)  # rows of at most five panels
+    rows = -(-len(with_o2o) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.4 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(with_o2o):]:
+        ax.set_visible(False)
+    for ax, run in zip(axes.flat, with_o2o):
         epochs = [h["epoch"] for h in run["history"]]
         per_level = list(zip(*(shares(h["o2o"]) for h in run["history"])))
         ax.stackplot(epochs, per_level, labels=LEVELS)
-        ax.set_title(run["run"])
+        ax.set_title(run["run"], fontsize=8)
         ax.set_xlabel("epoch")
-    axes[0][0].set_ylabel("share of POTO's matches")
+    for row in axes:
+        row[0].set_ylabel("share of POTO's matches")
     axes[0][-1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     for suffix in ("png", "pdf"):
