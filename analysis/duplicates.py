@@ -84,9 +84,18 @@ def match_detections(boxes: Tensor, scores: Tensor, labels: Tensor, gt_boxes: Te
         Tensor[K] int64 in the detections' own order: TRUE_POSITIVE, DUPLICATE or FALSE_POSITIVE. A detection's
         outcome depends only on the higher-scoring ones, so dropping all below a score keeps the others' outcomes.
     """
+    return match_to_ground_truth(boxes, scores, labels, gt_boxes, gt_labels, iou_thresh=iou_thresh)[0]
+
+
+def match_to_ground_truth(boxes: Tensor, scores: Tensor, labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *,
+                          iou_thresh: float = MATCH_IOU) -> tuple[Tensor, Tensor]:
+    """:func:`match_detections` with the ground truth of each outcome: (outcome [K], ground truth [K] int64), the
+    latter the one a true positive took, the taken one of highest IoU a duplicate overlaps (the object it
+    repeats), -1 for a false positive."""
     outcome = torch.full((len(boxes),), FALSE_POSITIVE, dtype=torch.long)
+    matched = torch.full((len(boxes),), -1, dtype=torch.long)
     if len(boxes) == 0 or len(gt_boxes) == 0:
-        return outcome
+        return outcome, matched
     order = torch.argsort(scores, descending=True, stable=True)
     iou = box_iou(boxes[order].float(), gt_boxes.float())  # [K, M]
     hit = (iou >= iou_thresh) & (labels[order][:, None] == gt_labels[None, :])  # [K, M]
@@ -94,11 +103,13 @@ def match_detections(boxes: Tensor, scores: Tensor, labels: Tensor, gt_boxes: Te
     for i, det in enumerate(order.tolist()):
         free = hit[i] & ~taken
         if free.any():
-            taken[torch.where(free, iou[i], torch.full_like(iou[i], -1.0)).argmax()] = True
+            matched[det] = torch.where(free, iou[i], torch.full_like(iou[i], -1.0)).argmax()
+            taken[matched[det]] = True
             outcome[det] = TRUE_POSITIVE
         elif hit[i].any():
+            matched[det] = torch.where(hit[i], iou[i], torch.full_like(iou[i], -1.0)).argmax()
             outcome[det] = DUPLICATE
-    return outcome
+    return outcome, matched
 
 
 def count_duplicates(boxes: Tensor, scores: Tensor, labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *,

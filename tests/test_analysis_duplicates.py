@@ -1,5 +1,6 @@
 """The duplicate count of analysis.duplicates on a hand-made image and against a brute-force count, and its
 ``--show`` figure on real smoke trainings of FCOS and DATE (counts in the titles recounted by brute force)."""
+import json
 import random
 import re
 import shutil
@@ -8,7 +9,7 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
-from analysis import duplicates
+from analysis import duplicate_sites, duplicates
 from analysis.duplicates import MatchCounts, count_duplicates, variant_of
 from analysis.duplicates_figure import draw_figure
 from conftest import SMOKE, run_in_process, sandbox_env
@@ -247,3 +248,18 @@ def test_show_refuses_a_count_it_cannot_draw(trained, tmp_path, capsys, one_thre
         duplicates.main(["--checkpoint", str(trained["o2m"]), "--out", str(tmp_path / "dup"), "--show", "1"])
     assert exit_info.value.code == 2
     assert f"no --checkpoint is a DATE one (their assigners: {trained['o2m']}: o2m)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@ON_TRAINED_WORKER
+def test_duplicate_sites_places_every_duplicate_that_the_rate_counts(trained, tmp_path, one_thread):
+    """analysis.duplicate_sites on the smoke DATE: as many detections and duplicates as analysis.duplicates counts,
+    each placed in one level-difference class, and its report written."""
+    row = duplicates.analyse_checkpoint(trained["dual"], device=torch.device("cpu"), batch_size=2, num_workers=0)
+    duplicate_sites.main(["--checkpoint", str(trained["dual"]), "--out", str(tmp_path / "sites"), "--batch-size", "2"])
+    [sites] = json.loads((tmp_path / "sites" / "duplicate_sites.json").read_text())["checkpoints"]
+    assert sites["detections"] == row.detections_raw
+    assert sites["duplicates"] == round(row.duplicate_rate_raw * row.detections_raw)
+    assert sites["duplicates"] > 0 and sum(sites["level_diff"]) == sites["duplicates"] and sites["variant"] == "dual"
+    assert sum(sites["distance"]) == sites["level_diff"][0] + sites["level_diff"][1] >= sites["within_reach"]
+    assert "within 3DMF's reach" in (tmp_path / "sites" / "duplicate_sites.md").read_text()

@@ -259,3 +259,27 @@ def test_predict_branches_gives_each_branch_what_predict_gives_it(share_towers):
             assert len(p["scores"]) > 0
             for key in ("boxes", "scores", "labels"):
                 assert torch.equal(p[key], a[key]), (branch, key)
+
+
+@pytest.mark.parametrize("mode,nms", [("dual", False), ("o2m", None)])
+def test_each_detection_names_the_location_it_was_read_from(mode, nms):
+    """Brute force over the head's outputs: a detection's score is its location's class score (o2o: sigmoid of the
+    logit; o2m: sqrt(cls * ctr)) and its box that location's point plus its ltrb, clipped to the image."""
+    model = make_detector(mode).eval()
+    images, targets = batch()
+    sizes = [t["image_size"] for t in targets]
+    detections = model.predict(images, sizes, nms=nms)
+    branch = model.inference_branch
+    with torch.no_grad():
+        outputs, loc = model(images)
+    out = outputs[branch]
+    for i, (d, (h, w)) in enumerate(zip(detections, sizes)):
+        at, labels = d["locations"], d["labels"]
+        assert len(at) == len(d["scores"]) > 0 and at.dtype == torch.long
+        cls = out["cls"][i, at, labels].sigmoid()
+        expected = cls if branch == "o2o" else torch.sqrt(cls * out["ctr"][i, at].sigmoid())
+        torch.testing.assert_close(d["scores"], expected)
+        x, y = loc.points[at, 0], loc.points[at, 1]
+        ltrb = out["ltrb"][i, at]
+        boxes = torch.stack([x - ltrb[:, 0], y - ltrb[:, 1], x + ltrb[:, 2], y + ltrb[:, 3]], dim=1)
+        torch.testing.assert_close(d["boxes"], torchvision.ops.clip_boxes_to_image(boxes, (h, w)))

@@ -38,6 +38,7 @@ class Candidates(NamedTuple):
     scores: Tensor  # [B, K]
     labels: Tensor  # [B, K] int64, contiguous
     boxes: Tensor  # [B, K, 4] xyxy in input pixels, not clipped
+    locations: Tensor  # [B, K] int64: the location (index into N, P3 first) each was read from
 
 
 def o2o_logits(out: dict[str, Tensor]) -> Tensor:
@@ -96,13 +97,14 @@ def candidates(out: dict[str, Tensor], branch: str, points: Tensor, level_sizes:
     """
     scores, loc, labels = top_per_level(branch_scores(out, branch), level_sizes, per_level)  # [B, K] each
     ltrb = out["ltrb"].float().gather(1, loc[..., None].expand(-1, -1, 4))  # [B, K, 4]
-    return Candidates(scores, labels, distances_to_boxes(points[loc], ltrb))
+    return Candidates(scores, labels, distances_to_boxes(points[loc], ltrb), loc)
 
 
 def top_candidates(cand: Candidates, k: int) -> Candidates:
     """The ``k`` best-scoring of each image's candidates, by decreasing score (the NMS-free answer)."""
     scores, keep = cand.scores.topk(min(k, cand.scores.shape[1]), dim=1)
-    return Candidates(scores, cand.labels.gather(1, keep), cand.boxes.gather(1, keep[..., None].expand(-1, -1, 4)))
+    return Candidates(scores, cand.labels.gather(1, keep), cand.boxes.gather(1, keep[..., None].expand(-1, -1, 4)),
+                      cand.locations.gather(1, keep))
 
 
 def per_image_detections(cand: Candidates, image_sizes: list[tuple[int, int]], decoding: Decoding, *,
@@ -110,16 +112,17 @@ def per_image_detections(cand: Candidates, image_sizes: list[tuple[int, int]], d
     """Per image: the candidates above ``score_thresh``, boxes clipped to its (h, w), then NMS if ``use_nms``.
 
     Returns:
-        Per image "boxes" [K, 4] xyxy, "scores" [K], "labels" [K] int64; with NMS sorted by score and
-        K <= ``detections_per_img``.
+        Per image "boxes" [K, 4] xyxy, "scores" [K], "labels" [K] int64, "locations" [K] int64 (where each was
+        read: analysis.duplicate_sites); with NMS sorted by score and K <= ``detections_per_img``.
     """
     results = []
     for i, size in enumerate(image_sizes):
         keep = cand.scores[i] > decoding.score_thresh
-        boxes, scores, labels = clip_boxes_to_image(cand.boxes[i][keep], tuple(size)), cand.scores[i][keep], \
-            cand.labels[i][keep]
+        found = {"boxes": clip_boxes_to_image(cand.boxes[i][keep], tuple(size)), "scores": cand.scores[i][keep],
+                 "labels": cand.labels[i][keep], "locations": cand.locations[i][keep]}
         if use_nms:
-            kept = batched_nms(boxes, scores, labels, decoding.nms_thresh)[: decoding.detections_per_img]
-            boxes, scores, labels = boxes[kept], scores[kept], labels[kept]
-        results.append({"boxes": boxes, "scores": scores, "labels": labels})
+            kept = batched_nms(found["boxes"], found["scores"], found["labels"],
+                               decoding.nms_thresh)[: decoding.detections_per_img]
+            found = {k: v[kept] for k, v in found.items()}
+        results.append(found)
     return results
