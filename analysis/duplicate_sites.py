@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from analysis.duplicates import DUPLICATE, TRUE_POSITIVE, ValSets, load_checkpoint, match_to_ground_truth, variant_of
-from analysis.stats import summarize
+from analysis.stats import paired_t, summarize
 from date.data.loader import build_eval_loader
 from date.inference import run_branches
 from date.modeling.decode import location_points
@@ -156,9 +156,42 @@ def report(rows: Sequence[SiteCounts], command: str) -> tuple[str, dict]:
         lines.append(f"| {variant} | {len(group)} | {_mean_sd(rate)} | {_mean_sd(same)} | {_mean_sd(reach)} | "
                      f"{ratio.mean:.2f}" + ("" if ratio.std is None else f" ± {ratio.std:.2f}") +
                      f" | {_mean_sd(strong)} |")
+    changes = three_dmf_changes(by_variant)
+    if changes:
+        lines += ["", "3DMF's change, paired by seed (variant+3dmf − variant; mean [95% t-interval], p):", "",
+                  "| variant | seeds | within 3DMF's reach | score / taker's (median) | scoring >= half the taker's |",
+                  "|---|---|---|---|---|"]
+        for variant, change in changes.items():
+            lines.append(f"| {variant} | {change['seeds']} | " + " | ".join(
+                _delta(change[key], scale) for key, scale in (("reach_share", 100), ("score_ratio_median", 1),
+                                                               ("strong_share", 100))) + " |")
     return "\n".join(lines) + "\n", {"command": command, "commit": _commit(), "reach_strides": REACH,
                                      "distance_bins": DISTANCE_BINS, "checkpoints": [asdict(r) for r in rows],
-                                     "variants": summary}
+                                     "variants": summary, "three_dmf_changes": changes}
+
+
+def three_dmf_changes(by_variant: dict[str, list[SiteCounts]]) -> dict[str, dict]:
+    """For each variant run with and without 3DMF on the same seeds: the paired change of the share within reach,
+    the median score ratio and the share of strong duplicates (analysis.stats.paired_t)."""
+    changes = {}
+    for variant, group in by_variant.items():
+        filtered = {r.seed: r for r in by_variant.get(variant + "+3dmf", [])}
+        plain = {r.seed: r for r in group}
+        seeds = sorted(set(filtered) & set(plain))
+        if variant.endswith("+3dmf") or len(seeds) < 2:
+            continue
+        measures = {"reach_share": lambda r: r.reach_share, "score_ratio_median": lambda r: r.score_ratio_median,
+                    "strong_share": lambda r: r.strong / r.duplicates}
+        changes[variant] = {"seeds": len(seeds), **{
+            key: asdict(paired_t([f(filtered[s]) for s in seeds], [f(plain[s]) for s in seeds]))
+            for key, f in measures.items()}}
+    return changes
+
+
+def _delta(c: dict, scale: float) -> str:
+    unit = " pt" if scale == 100 else ""
+    return (f"{scale * c['delta']:+.2f}{unit} [{scale * c['ci'][0]:+.2f}, {scale * c['ci'][1]:+.2f}], "
+            f"p {c['p']:.2g}")
 
 
 def _mean_sd(s) -> str:

@@ -1,8 +1,11 @@
-"""analysis.duplicate_sites: the location grid is the detector's, and each duplicate's level difference and distance
-to the detection that took its object, on a hand-made image."""
+"""analysis.duplicate_sites: the location grid is the detector's, each duplicate's level difference, distance and score
+ratio to the detection that took its object on a hand-made image, and 3DMF's paired change against scipy."""
+import numpy as np
+import pytest
 import torch
+from scipy import stats as scipy_stats
 
-from analysis.duplicate_sites import REACH, duplicate_sites, location_grid
+from analysis.duplicate_sites import REACH, SiteCounts, duplicate_sites, location_grid, report
 from test_detector import make_detector
 
 STRIDES = (8, 16, 32, 64, 128)
@@ -56,3 +59,23 @@ def test_an_image_without_duplicates_gives_none():
                   "labels": torch.tensor([0]), "boxes": target["boxes"]}
     diff, distance, ratio = duplicate_sites(detections, target, points, level, STRIDES)
     assert diff.numel() == distance.numel() == ratio.numel() == 0
+
+
+def test_report_pairs_each_variant_with_its_3dmf_run_by_seed():
+    def row(variant, seed, within, strong, ratio):
+        return SiteCounts(checkpoint=f"{variant}/{seed}", variant=variant, seed=str(seed), detections=1000,
+                          duplicates=100, level_diff=[70, 30, 0], distance=[90, 10, 0], within_reach=within,
+                          score_ratio_median=ratio, strong=strong)
+    rows = [row("dual", 0, 90, 30, 0.30), row("dual", 1, 88, 25, 0.33), row("dual", 2, 91, 28, 0.31),
+            row("dual+3dmf", 2, 89, 27, 0.36), row("dual+3dmf", 0, 92, 31, 0.32), row("dual+3dmf", 1, 85, 29, 0.30),
+            row("o2o", 0, 93, 30, 0.35)]  # no o2o+3dmf: no change reported for it
+    text, data = report(rows, "cmd")
+    [(variant, change)] = data["three_dmf_changes"].items()
+    assert variant == "dual" and change["seeds"] == 3
+    after, before = [0.92, 0.85, 0.89], [0.90, 0.88, 0.91]  # seeds 0, 1, 2
+    assert change["reach_share"]["delta"] == pytest.approx(np.mean(np.subtract(after, before)))
+    assert change["reach_share"]["p"] == pytest.approx(scipy_stats.ttest_rel(after, before).pvalue)
+    assert change["score_ratio_median"]["p"] == pytest.approx(
+        scipy_stats.ttest_rel([0.32, 0.30, 0.36], [0.30, 0.33, 0.31]).pvalue)
+    assert "3DMF's change, paired by seed" in text and "| dual | 3 | " in text
+    assert data["variants"]["dual"]["within_reach"]["mean"] == pytest.approx(np.mean(before))
