@@ -135,11 +135,11 @@ def seed_count(needed: Sequence[Optional[int]], floor: int, ceiling: int) -> tup
 
 
 def write_seed_count(folder, *, study: str, command: str, commit: str, pilot_seeds: Sequence[int],
-                     rows: list[dict], bounds: tuple[int, int], script: str) -> dict:
+                     rows: list[dict], bounds: tuple[int, int], write_into: str) -> dict:
     """A pre-registered study's seed count from its pilot, as ``folder/seed_counts.md`` and ``.json``: one row per
     primary comparison (``comparison``, ``delta`` and ``sd`` as fractions, shown x100, ``n_needed`` from
-    :func:`n_for_power`), and the count :func:`seed_count` makes of them within ``bounds`` (floor, ceiling). Prints the
-    line to write into ``script``."""
+    :func:`n_for_power`), and the count :func:`seed_count` makes of them within ``bounds`` (floor, ceiling). Prints
+    where to write it: ``write_into`` ("<file>: <line>") with the count for ``{n}``."""
     floor, ceiling = bounds
     n, why = seed_count([r["n_needed"] for r in rows], floor, ceiling)
     lines = [f"# The {study}'s seed count, from its pilot", "",
@@ -156,5 +156,6 @@ def write_seed_count(folder, *, study: str, command: str, commit: str, pilot_see
     result = {"command": command, "commit": commit, "rows": rows, "n": n, "why": why, "bounds": [floor, ceiling]}
     Path(folder, "seed_counts.json").write_text(json.dumps(result, indent=1) + "\n")
     Path(folder, "seed_counts.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines) + f"\n\n{script}:\nN={n}  # pre-registered: pairs of the study")
+    script, line = write_into.format(n=n).split(": ", 1)
+    print("\n".join(lines) + f"\n\n{script}:\n{line}  # pre-registered: pairs of the study")
     return result

@@ -53,11 +53,10 @@ def output_path(cfg: DictConfig, checkpoint: Path) -> Optional[Path]:
                              inputs={"checkpoint": checkpoint}, is_own=is_evaluation_json, overwrite=cfg.overwrite)
 
 
-def branch_to_evaluate(cfg: DictConfig, saved: dict, checkpoint: Path) -> str:
+def branch_to_evaluate(cfg: DictConfig, mode: Mode, checkpoint: Path) -> str:
     """The branch to evaluate: the checkpoint's inference branch, or ``branch=o2m`` (DATE's o2m branch with NMS:
     what the dense supervision learned on its own). ``branch`` and ``nms_thresh`` are checked against the
-    checkpoint's branches (read from its training config)."""
-    mode = Mode(checkpoint_config(saved).assigner.mode)
+    branches of the checkpoint's assignment ``mode`` (from its training config)."""
     branches = BRANCHES[mode]
     if cfg.branch is not None and cfg.branch not in branches:
         raise ConfigError(f"branch={cfg.branch}: {checkpoint} has no {cfg.branch} branch (its branches: "
@@ -78,8 +77,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     out = output_path(cfg, checkpoint)
     device = resolve_device(cfg.device)
     saved = ckpt.load(checkpoint)
-    branch = branch_to_evaluate(cfg, saved, checkpoint)  # refused here, before the val split is built
-    dataset_cfg = cfg.dataset if cfg.dataset is not None else checkpoint_config(saved).dataset
+    trained = checkpoint_config(saved)
+    branch = branch_to_evaluate(cfg, Mode(trained.assigner.mode), checkpoint)  # before the val split is built
+    dataset_cfg = cfg.dataset if cfg.dataset is not None else trained.dataset
     val_set = build_val_dataset(dataset_cfg)
     model = detector_from_checkpoint(saved, num_classes=val_set.num_classes)
     model.inference_branch = branch

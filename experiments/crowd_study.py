@@ -148,7 +148,7 @@ def seeds(folder: Path) -> dict:
                      "sd": c.sd, "n_needed": needed})
     return write_seed_count(folder, study="crowd study", command=f"python experiments/crowd_study.py seeds {folder}",
                             commit=commit(), pilot_seeds=evals["o2o"], rows=rows, bounds=(SEED_FLOOR, SEED_CEILING),
-                            script="experiments/crowd_study.sh")
+                            write_into="experiments/crowd_study.sh: N={n}")
 
 
 def main(argv=None) -> None:

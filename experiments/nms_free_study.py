@@ -3,6 +3,7 @@ this benchmark, and does 3DMF bring NMS's gain to about 0?
 
     python experiments/nms_free_study.py analyse experiments/results/nms_free_study/1x        # results.md / .json
     python experiments/nms_free_study.py seeds experiments/results/nms_free_study/1x/pilot    # seed_counts.md
+    python experiments/nms_free_study.py study-seeds 3x    # the schedule's pre-registered seeds (nms_free_study.sh)
 
 Reads what experiments/nms_free_study.sh writes, ``<folder>/evals/s<seed>_<variant>/duplicates.json``
 (``python -m analysis.duplicates`` on one final checkpoint: AP of the raw top-100 and after NMS, duplicate rates),
@@ -14,6 +15,8 @@ and 3DMF's change of DATE's AP without NMS. "3DMF brings NMS's gain to about 0" 
 DATE+3DMF's NMS gain lies inside +-EQUIVALENCE AP. ``seeds``: the study's pair count from the pilot by the rule
 written before it ran: for each primary comparison the pairs a paired t-test needs for 80% power at two-sided
 alpha 0.05 with the pilot's mean difference and sd taken as true; the largest, clamped to [SEED_FLOOR, SEED_CEILING].
+That count is written into PAIRS before the schedule's study runs; ``analyse`` shows a study only when every
+evaluation of its pre-registered seeds 0 .. N-1 is in (until then it says how many are, and no number).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 
@@ -52,11 +56,25 @@ SECONDARY = [("POTO: NMS gain", "o2o", "ap_nms", "o2o", "ap_raw"),
              ("DATE: NMS's change of the duplicate rate", "dual", "duplicate_rate_nms", "dual", "duplicate_rate_raw")]
 EQUIVALENCE = 0.005  # AP (0.5 points): an NMS gain whose 95% interval lies inside +-this is "about 0"
 SEED_FLOOR, SEED_CEILING = 4, 6  # pairs: a paired interval's floor; the CPU budget (4 runs a seed, ~7 min each)
+# Pre-registered pairs per schedule, each from its own pilot (<schedule>/pilot/seed_counts.md), written here before
+# that schedule's study ran: the study's seeds are 0 .. N-1 (nms_free_study.sh reads them with `study-seeds`).
+PAIRS = {"1x": 6,  # pilot at d56c694, written at 49e509b
+         "3x": 6}  # pilot at ef16b65, written at 31cc899
 EVAL_DIR = re.compile(r"s(\d+)_(.+)")
 
 
-def read_evals(folder: Path) -> dict[str, dict[int, dict[str, float]]]:
-    """{variant: {seed: {quantity: value}}} from ``folder/evals``; refuses unknown variants and incomplete seeds."""
+def study_seeds(schedule: str) -> list[int]:
+    """The pre-registered seeds of ``schedule``'s study; exits when its pilot has not fixed their count yet."""
+    if schedule not in PAIRS:
+        sys.exit(f"no seed count for {schedule} yet: run SCHEDULE={schedule} experiments/nms_free_study.sh pilot, "
+                 f"then experiments/nms_free_study.py seeds on its folder, and write N into PAIRS in "
+                 f"experiments/nms_free_study.py (known: {', '.join(PAIRS)})")
+    return list(range(PAIRS[schedule]))
+
+
+def read_evals(folder: Path, *, complete: bool = True) -> dict[str, dict[int, dict[str, float]]]:
+    """{variant: {seed: {quantity: value}}} from ``folder/evals``; refuses unknown variants and, with ``complete``,
+    seeds that lack a variant."""
     found: dict[str, dict[int, dict[str, float]]] = {v: {} for v in VARIANTS}
     for path in sorted((folder / "evals").glob("*/duplicates.json")):
         match = EVAL_DIR.fullmatch(path.parent.name)
@@ -69,7 +87,7 @@ def read_evals(folder: Path) -> dict[str, dict[int, dict[str, float]]]:
     if not seeds:
         sys.exit(f"{folder / 'evals'}: no evaluation; run experiments/nms_free_study.sh first")
     incomplete = sorted(s for s in seeds if any(s not in found[v] for v in VARIANTS))
-    if incomplete:
+    if incomplete and complete:
         sys.exit(f"{folder / 'evals'}: seeds {incomplete} lack a variant (rerun experiments/nms_free_study.sh to "
                  "finish them): every comparison is paired")
     return found
@@ -90,9 +108,32 @@ def _points(value: float, low_high=None) -> str:
     return cell if low_high is None else f"{cell} [{100 * low_high[0]:+.2f}, {100 * low_high[1]:+.2f}]"
 
 
-def analyse(folder: Path) -> dict:
-    evals = read_evals(folder)
-    seeds = sorted(evals["dual"])
+def schedule_of(folder: Path) -> str:
+    """The schedule a study folder holds: its name (experiments/results/nms_free_study/<schedule>)."""
+    name = folder.resolve().name
+    if not re.fullmatch(r"\d+x", name):
+        sys.exit(f"{folder}: not named for a schedule (1x, 3x); pass --schedule")
+    return name
+
+
+def analyse(folder: Path, schedule: Optional[str] = None) -> Optional[dict]:
+    """The study's tables and figure, once every evaluation of the schedule's pre-registered seeds is in; before
+    that, how many are (and None). Exits on a seed that was not pre-registered."""
+    schedule = schedule or schedule_of(folder)
+    expected = study_seeds(schedule)
+    evals = read_evals(folder, complete=False)
+    extra = sorted(set().union(*evals.values()) - set(expected))
+    if extra:
+        sys.exit(f"{folder / 'evals'}: evaluations of seeds {extra}, which are not {schedule}'s pre-registered "
+                 f"{expected} (experiments/nms_free_study.py PAIRS): remove them; seeds are never added after "
+                 "looking at p")
+    done = sum(s in evals[v] for v in VARIANTS for s in expected)
+    if done < len(VARIANTS) * len(expected):
+        print(f"The {schedule} NMS-free study is in progress: {done} of its {len(VARIANTS) * len(expected)} "
+              f"evaluations (seeds {expected[0]}-{expected[-1]}) are in {folder / 'evals'}; it is analysed when all "
+              "are (rerun experiments/nms_free_study.sh to finish them).")
+        return None
+    seeds = expected
     table = {v: {q: summarize([evals[v][s][q] for s in seeds]) for q in QUANTITIES} for v in VARIANTS}
     primary = [compare(evals, *row[1:]) for row in PRIMARY]
     adjusted = holm([c.p for c in primary])
@@ -161,16 +202,28 @@ def seeds(folder: Path) -> dict:
         needed = None if c.sd in (None, 0.0) else n_for_power(c.delta, c.sd, paired=True)
         rows.append({"comparison": label, "delta": c.delta, "sd": c.sd, "n_needed": needed})
     command = f"python experiments/nms_free_study.py seeds {folder}"
+    # one count per schedule (PAIRS); its pilots lie in <schedule>/pilot
+    schedule = folder.resolve().parent.name if re.fullmatch(r"\d+x", folder.resolve().parent.name) else "<schedule>"
     return write_seed_count(folder, study="NMS-free study", command=command, commit=commit(), pilot_seeds=evals["dual"],
-                            rows=rows, bounds=(SEED_FLOOR, SEED_CEILING), script="experiments/nms_free_study.sh")
+                            rows=rows, bounds=(SEED_FLOOR, SEED_CEILING),
+                            write_into='experiments/nms_free_study.py: PAIRS = {{..., "' + schedule + '": {n}}}')
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("analyse", "seeds"))
-    parser.add_argument("folder", type=Path, help="the study's (or the pilot's) output folder, holding evals/")
+    sub = parser.add_subparsers(dest="stage", required=True)
+    for stage, helptext in (("analyse", "the study's tables and figure"), ("seeds", "the study's seed count")):
+        sub.add_parser(stage, help=helptext).add_argument(
+            "folder", type=Path, help=f"the {'study' if stage == 'analyse' else 'pilot'}'s output folder, holding evals/")
+    sub.choices["analyse"].add_argument("--schedule", help="the study's schedule (default: the folder's name)")
+    sub.add_parser("study-seeds", help="a schedule's pre-registered seeds, one a line").add_argument("schedule")
     args = parser.parse_args(argv)
-    (analyse if args.stage == "analyse" else seeds)(args.folder)
+    if args.stage == "analyse":
+        analyse(args.folder, args.schedule)
+    elif args.stage == "seeds":
+        seeds(args.folder)
+    else:
+        print("\n".join(map(str, study_seeds(args.schedule))))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 # the study's data (committed); experiments/nms_free_study.py turns them into the tables and the figure.
 #
 #   experiments/nms_free_study.sh pilot          # seeds 100-101 at 1x: the spread behind the seed count
-#   experiments/nms_free_study.sh study          # seeds 0 .. N-1 at 1x, N below, fixed by the pilot before the study
+#   experiments/nms_free_study.sh study          # seeds 0 .. N-1 at 1x, N fixed by the pilot before the study (.py PAIRS)
 #   SCHEDULE=3x experiments/nms_free_study.sh pilot|study   # the same at 3x, its own pilot and N
 #
 # Two lanes run side by side (even and odd seeds), each run on one thread (one seed is one run only at one thread
@@ -18,20 +18,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiments/lib/two_lanes.sh
-# Pre-registered pairs per schedule, each from its own pilot (experiments/results/nms_free_study/<schedule>/pilot/
-# seed_counts.md), written here before that schedule's study runs: 1x 6; 3x not yet (its pilot first).
-declare -A PAIRS=([1x]=6)
 STAGE=${1:?usage: experiments/nms_free_study.sh pilot|study [overrides]}
 shift
 SCHEDULE=${SCHEDULE:-1x}
-N=${PAIRS[$SCHEDULE]:-}
+PYTHON=${PYTHON:-python}
 case $STAGE in
   pilot) SEEDS=(100 101); OUT=${OUT:-experiments/results/nms_free_study/$SCHEDULE/pilot} ;;
-  study) : "${N:?no seed count for $SCHEDULE yet: run SCHEDULE=$SCHEDULE experiments/nms_free_study.sh pilot, then experiments/nms_free_study.py seeds on its folder, and write N into PAIRS here}"
-         mapfile -t SEEDS < <(seq 0 $((N - 1))); OUT=${OUT:-experiments/results/nms_free_study/$SCHEDULE} ;;
+  # the pre-registered pairs per schedule, each fixed by its own pilot, live in nms_free_study.py (PAIRS)
+  study) listed=$("$PYTHON" experiments/nms_free_study.py study-seeds "$SCHEDULE")  # exits when there is no N yet
+         mapfile -t SEEDS <<< "$listed"; OUT=${OUT:-experiments/results/nms_free_study/$SCHEDULE} ;;
   *) echo "experiments/nms_free_study.sh: the stage is pilot or study, not '$STAGE'" >&2; exit 2 ;;
 esac
-PYTHON=${PYTHON:-python}
 STUDY_DIR=${STUDY_DIR:-multirun/nms_free_study}/$SCHEDULE-$STAGE
 mkdir -p "$STUDY_DIR" "$OUT/evals"
 STUDY_DIR=$(cd "$STUDY_DIR" && pwd)
@@ -65,5 +62,5 @@ two_lanes one_seed "$@"
 if [ "$STAGE" = pilot ]; then
   "$PYTHON" experiments/nms_free_study.py seeds "$OUT"
 else
-  "$PYTHON" experiments/nms_free_study.py analyse "$OUT"
+  "$PYTHON" experiments/nms_free_study.py analyse "$OUT" --schedule "$SCHEDULE"
 fi
