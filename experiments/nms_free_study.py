@@ -4,6 +4,7 @@ this benchmark, and does 3DMF bring NMS's gain to about 0?
     python experiments/nms_free_study.py analyse experiments/results/nms_free_study/1x        # results.md / .json
     python experiments/nms_free_study.py seeds experiments/results/nms_free_study/1x/pilot    # seed_counts.md
     python experiments/nms_free_study.py study-seeds 3x    # the schedule's pre-registered seeds (nms_free_study.sh)
+    python experiments/nms_free_study.py schedules experiments/results/nms_free_study   # 3x against 1x, by seed
 
 Reads what experiments/nms_free_study.sh writes, ``<folder>/evals/s<seed>_<variant>/duplicates.json``
 (``python -m analysis.duplicates`` on one final checkpoint: AP of the raw top-100 and after NMS, duplicate rates),
@@ -59,7 +60,7 @@ SEED_FLOOR, SEED_CEILING = 4, 6  # pairs: a paired interval's floor; the CPU bud
 # Pre-registered pairs per schedule, each from its own pilot (<schedule>/pilot/seed_counts.md), written here before
 # that schedule's study ran: the study's seeds are 0 .. N-1 (nms_free_study.sh reads them with `study-seeds`).
 PAIRS = {"1x": 6,  # pilot at d56c694, written at 49e509b
-         "3x": 6}  # pilot at ef16b65, written at 31cc899
+         "3x": 6}  # pilot at ef16b65, written at 31cc899 (lost with its session; its files are 07a8a23's)
 EVAL_DIR = re.compile(r"s(\d+)_(.+)")
 
 
@@ -116,10 +117,9 @@ def schedule_of(folder: Path) -> str:
     return name
 
 
-def analyse(folder: Path, schedule: Optional[str] = None) -> Optional[dict]:
-    """The study's tables and figure, once every evaluation of the schedule's pre-registered seeds is in; before
-    that, how many are (and None). Exits on a seed that was not pre-registered."""
-    schedule = schedule or schedule_of(folder)
+def study_evals(folder: Path, schedule: str) -> Optional[dict[str, dict[int, dict[str, float]]]]:
+    """The evaluations of ``schedule``'s pre-registered seeds in ``folder``, once every one is in; before that, how
+    many are (printed) and None. Exits on a seed that was not pre-registered."""
     expected = study_seeds(schedule)
     evals = read_evals(folder, complete=False)
     extra = sorted(set().union(*evals.values()) - set(expected))
@@ -133,7 +133,17 @@ def analyse(folder: Path, schedule: Optional[str] = None) -> Optional[dict]:
               f"evaluations (seeds {expected[0]}-{expected[-1]}) are in {folder / 'evals'}; it is analysed when all "
               "are (rerun experiments/nms_free_study.sh to finish them).")
         return None
-    seeds = expected
+    return evals
+
+
+def analyse(folder: Path, schedule: Optional[str] = None) -> Optional[dict]:
+    """The study's tables and figure, once every evaluation of the schedule's pre-registered seeds is in; before
+    that, how many are (and None). Exits on a seed that was not pre-registered."""
+    schedule = schedule or schedule_of(folder)
+    evals = study_evals(folder, schedule)
+    if evals is None:
+        return None
+    seeds = study_seeds(schedule)
     table = {v: {q: summarize([evals[v][s][q] for s in seeds]) for q in QUANTITIES} for v in VARIANTS}
     primary = [compare(evals, *row[1:]) for row in PRIMARY]
     adjusted = holm([c.p for c in primary])
@@ -194,6 +204,41 @@ def figure(evals, table, folder: Path) -> None:
     plt.close(fig)
 
 
+def schedules(root: Path, shorter: str = "1x", longer: str = "3x") -> Optional[dict]:
+    """What the longer schedule changes, per detector: its NMS gain, AP without NMS and duplicate rate without NMS at
+    ``longer`` minus ``shorter``, paired by seed (one seed gives both schedules the same initial weights and, for the
+    shorter one's epochs, the same batches). Exploratory: the pre-registered endpoints are each schedule's own
+    (``analyse``), so p here is not adjusted. Needs both studies complete (None and what is missing before that)."""
+    studies = {s: study_evals(root / s, s) for s in (shorter, longer)}
+    if any(e is None for e in studies.values()):
+        return None
+    seeds = sorted(set(study_seeds(shorter)) & set(study_seeds(longer)))
+    command = f"python experiments/nms_free_study.py schedules {root}"
+    lines = [f"# The NMS-free study: {longer} against {shorter}, paired by seed", "",
+             f"`{command}` at commit {commit()}; seeds {', '.join(map(str, seeds))} of both studies "
+             f"([{shorter}]({shorter}/README.md), [{longer}]({longer}/README.md)). Exploratory: not among the "
+             "pre-registered endpoints, p unadjusted. Points (rates in %); mean [95% t-interval] over seeds.", "",
+             f"| detector | quantity | {shorter} | {longer} | {longer} − {shorter} | p | seeds above 0 |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = {}
+    for v in VARIANTS:
+        for q in ("gain", "ap_raw", "duplicate_rate_raw"):
+            short, long_ = ([studies[s][v][seed][q] for seed in seeds] for s in (shorter, longer))
+            c = paired_t(long_, short)
+            rows[f"{NAMES[v]}: {QUANTITIES[q]}"] = {"delta": c.delta, "ci": c.ci, "p": c.p, "wins": c.wins,
+                                                    "n": c.n_variant, shorter: summarize(short).mean,
+                                                    longer: summarize(long_).mean}
+            means = (f"{100 * summarize(x).mean:.2f}" for x in (short, long_))
+            lines.append(f"| {NAMES[v]} | {QUANTITIES[q]} | {' | '.join(means)} | {_points(c.delta, c.ci)} | "
+                         f"{c.p:.3g} | {c.wins}/{c.n_variant} |")
+    result = {"command": command, "commit": commit(), "seeds": seeds, "shorter": shorter, "longer": longer,
+              "comparisons": rows}
+    (root / "schedules.json").write_text(json.dumps(result, indent=1) + "\n")
+    (root / "schedules.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result
+
+
 def seeds(folder: Path) -> dict:
     evals = read_evals(folder)
     rows = []
@@ -217,11 +262,15 @@ def main(argv=None) -> None:
             "folder", type=Path, help=f"the {'study' if stage == 'analyse' else 'pilot'}'s output folder, holding evals/")
     sub.choices["analyse"].add_argument("--schedule", help="the study's schedule (default: the folder's name)")
     sub.add_parser("study-seeds", help="a schedule's pre-registered seeds, one a line").add_argument("schedule")
+    sub.add_parser("schedules", help="3x against 1x, paired by seed (exploratory)").add_argument(
+        "root", type=Path, help="the folder holding both studies (1x/, 3x/)")
     args = parser.parse_args(argv)
     if args.stage == "analyse":
         analyse(args.folder, args.schedule)
     elif args.stage == "seeds":
         seeds(args.folder)
+    elif args.stage == "schedules":
+        schedules(args.root)
     else:
         print("\n".join(map(str, study_seeds(args.schedule))))
 

@@ -130,3 +130,33 @@ def test_the_script_runs_the_preregistered_seeds_and_refuses_a_schedule_without_
     assert refused.returncode == 1
     assert "no seed count for 2x yet: run SCHEDULE=2x experiments/nms_free_study.sh pilot" in refused.stderr
     assert not (tmp_path / "study").exists() and not (tmp_path / "out").exists()
+
+
+def test_schedules_pairs_3x_against_1x_by_seed_once_both_studies_are_in(tmp_path, capsys):
+    """`schedules`: each detector's 3x minus 1x (NMS gain, AP and duplicate rate without NMS), paired by seed, against
+    scipy on the per-seed values; nothing before both studies are complete."""
+    shorter = _write_evals(tmp_path / "1x", STUDY, gain={"o2o": 0.02, "dual": 0.025, "o2o_3dmf": 0.02,
+                                                           "dual_3dmf": 0.03}, rng_seed=1)
+    with pytest.raises(SystemExit, match=r"3x/evals: no evaluation; run experiments/nms_free_study.sh first"):
+        nms_free_study.schedules(tmp_path)
+    gain_3x = {"o2o": 0.015, "dual": 0.01, "o2o_3dmf": 0.02, "dual_3dmf": 0.005}
+    first = _write_evals(tmp_path / "3x", [0], gain=gain_3x, rng_seed=2)
+    assert nms_free_study.schedules(tmp_path) is None  # the 3x study in progress: no number
+    assert "The 3x NMS-free study is in progress: 4 of its" in capsys.readouterr().out
+    assert not (tmp_path / "schedules.md").exists()
+    rest = _write_evals(tmp_path / "3x", range(1, nms_free_study.PAIRS["3x"]), gain=gain_3x, rng_seed=3)
+    longer = {v: {q: first[v][q] + rest[v][q] for q in first[v]} for v in first}
+    result = nms_free_study.schedules(tmp_path)
+    seeds = sorted(set(STUDY) & set(range(nms_free_study.PAIRS["3x"])))
+    assert result["seeds"] == seeds
+    for v in nms_free_study.VARIANTS:
+        for q in ("gain", "ap_raw", "duplicate_rate_raw"):
+            row = result["comparisons"][f"{nms_free_study.NAMES[v]}: {nms_free_study.QUANTITIES[q]}"]
+            a, b = longer[v][q][: len(seeds)], shorter[v][q][: len(seeds)]
+            assert row["delta"] == pytest.approx(np.mean(np.subtract(a, b)))
+            assert row["p"] == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue)
+            assert row["1x"] == pytest.approx(np.mean(b)) and row["3x"] == pytest.approx(np.mean(a))
+    text = (tmp_path / "schedules.md").read_text()
+    assert "Exploratory" in text and "| DATE | NMS gain (AP) |" in text
+    assert json.loads((tmp_path / "schedules.json").read_text())["comparisons"] == json.loads(json.dumps(
+        result["comparisons"]))
