@@ -225,12 +225,11 @@ def schedules(root: Path, shorter: str = "1x", longer: str = "3x") -> Optional[d
         for q in ("gain", "ap_raw", "duplicate_rate_raw"):
             short, long_ = ([studies[s][v][seed][q] for seed in seeds] for s in (shorter, longer))
             c = paired_t(long_, short)
+            mean_short, mean_long = summarize(short).mean, summarize(long_).mean
             rows[f"{NAMES[v]}: {QUANTITIES[q]}"] = {"delta": c.delta, "ci": c.ci, "p": c.p, "wins": c.wins,
-                                                    "n": c.n_variant, shorter: summarize(short).mean,
-                                                    longer: summarize(long_).mean}
-            means = (f"{100 * summarize(x).mean:.2f}" for x in (short, long_))
-            lines.append(f"| {NAMES[v]} | {QUANTITIES[q]} | {' | '.join(means)} | {_points(c.delta, c.ci)} | "
-                         f"{c.p:.3g} | {c.wins}/{c.n_variant} |")
+                                                    "n": c.n_variant, shorter: mean_short, longer: mean_long}
+            lines.append(f"| {NAMES[v]} | {QUANTITIES[q]} | {100 * mean_short:.2f} | {100 * mean_long:.2f} | "
+                         f"{_points(c.delta, c.ci)} | {c.p:.3g} | {c.wins}/{c.n_variant} |")
     result = {"command": command, "commit": commit(), "seeds": seeds, "shorter": shorter, "longer": longer,
               "comparisons": rows}
     (root / "schedules.json").write_text(json.dumps(result, indent=1) + "\n")
