@@ -150,8 +150,9 @@ def analyse(folder: Path, schedule: Optional[str] = None) -> Optional[dict]:
     gain = table["dual_3dmf"]["gain"]
     about_zero = gain.ci is not None and -EQUIVALENCE < gain.ci[0] and gain.ci[1] < EQUIVALENCE
     command = f"python experiments/nms_free_study.py analyse {folder}"
+    at = commit()  # one `git rev-parse` for the table and the JSON
     lines = ["# The NMS-free study: does DATE need NMS here, and does 3DMF remove the need?", "",
-             f"`{command}` at commit {commit()}; {len(seeds)} paired seeds ({', '.join(map(str, seeds))}). AP in "
+             f"`{command}` at commit {at}; {len(seeds)} paired seeds ({', '.join(map(str, seeds))}). AP in "
              "points and duplicate rates in % on the 1,000 val images, raw top-100 (no NMS) and after NMS at IoU 0.6 "
              "(`analysis.duplicates`); mean [95% t-interval] over seeds.", "",
              "| detector | " + " | ".join(QUANTITIES.values()) + " |", "| --- |" + " ---: |" * len(QUANTITIES)]
@@ -170,7 +171,7 @@ def analyse(folder: Path, schedule: Optional[str] = None) -> Optional[dict]:
     verdict = ("inside" if about_zero else "not inside")
     lines += ["", f"DATE+3DMF's NMS gain: {_points(gain.mean, gain.ci)} points, {verdict} ±{100 * EQUIVALENCE:.1f} "
               f"(the pre-registered margin for \"about 0\")."]
-    result = {"command": command, "commit": commit(), "seeds": seeds, "equivalence_margin": EQUIVALENCE,
+    result = {"command": command, "commit": at, "seeds": seeds, "equivalence_margin": EQUIVALENCE,
               "dual_3dmf_gain_about_zero": about_zero,
               "variants": {v: {q: {"mean": s.mean, "ci": s.ci, "n": s.n} for q, s in table[v].items()}
                            for v in VARIANTS}, "comparisons": rows}
@@ -214,8 +215,9 @@ def schedules(root: Path, shorter: str = "1x", longer: str = "3x") -> Optional[d
         return None
     seeds = sorted(set(study_seeds(shorter)) & set(study_seeds(longer)))
     command = f"python experiments/nms_free_study.py schedules {root}"
+    at = commit()  # one `git rev-parse` for the table and the JSON
     lines = [f"# The NMS-free study: {longer} against {shorter}, paired by seed", "",
-             f"`{command}` at commit {commit()}; seeds {', '.join(map(str, seeds))} of both studies "
+             f"`{command}` at commit {at}; seeds {', '.join(map(str, seeds))} of both studies "
              f"([{shorter}]({shorter}/README.md), [{longer}]({longer}/README.md)). Exploratory: not among the "
              "pre-registered endpoints, p unadjusted. Points (rates in %); mean [95% t-interval] over seeds.", "",
              f"| detector | quantity | {shorter} | {longer} | {longer} − {shorter} | p | seeds above 0 |",
@@ -230,7 +232,7 @@ def schedules(root: Path, shorter: str = "1x", longer: str = "3x") -> Optional[d
                                                     "n": c.n_variant, shorter: mean_short, longer: mean_long}
             lines.append(f"| {NAMES[v]} | {QUANTITIES[q]} | {100 * mean_short:.2f} | {100 * mean_long:.2f} | "
                          f"{_points(c.delta, c.ci)} | {c.p:.3g} | {c.wins}/{c.n_variant} |")
-    result = {"command": command, "commit": commit(), "seeds": seeds, "shorter": shorter, "longer": longer,
+    result = {"command": command, "commit": at, "seeds": seeds, "shorter": shorter, "longer": longer,
               "comparisons": rows}
     (root / "schedules.json").write_text(json.dumps(result, indent=1) + "\n")
     (root / "schedules.md").write_text("\n".join(lines) + "\n")
